@@ -1,0 +1,189 @@
+"""The input pipeline: deterministic training streams, ordered passes, and placement on a mesh.
+
+The training stream is a pure function of (seed, step). Epoch `e` visits the training split
+in the order of a permutation drawn from `fold_in(PRNGKey(seed), e)`; step `s` of the run is
+batch `s % steps_per_epoch` of epoch `s // steps_per_epoch`, so a resumed run sees exactly the
+batches it would have seen. Augmentation is keyed by (seed, epoch, example index), never by
+device or thread. Grain assembles batches in worker threads.
+
+Each process loads only its rows of the global batch; `to_global` assembles the global
+`jax.Array` sharded along the mesh's "data" axis.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from protojax.data.base import Split
+from protojax.errors import DataError, UsageError
+
+_STATS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "symmetric": ((0.5,), (0.5,)),
+}
+
+
+def normalize(images: np.ndarray, mode: str) -> np.ndarray:
+    """Maps images `[..., C]` in [0, 1] to the model's input range (see `default_config`)."""
+    if mode == "none":
+        return images
+    if mode not in _STATS:
+        raise UsageError(f"Unknown data.normalization '{mode}'; use none, symmetric or imagenet.")
+    mean, std = (np.asarray(v, np.float32) for v in _STATS[mode])
+    return (images - mean) / std
+
+
+def denormalize(images: np.ndarray, mode: str) -> np.ndarray:
+    """Inverse of `normalize`: model inputs back to [0, 1] for display."""
+    if mode == "none":
+        return images
+    mean, std = (np.asarray(v, np.float32) for v in _STATS[mode])
+    return images * std + mean
+
+
+_PERM_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    cpu = jax.local_devices(backend="cpu")[0]
+    with jax.default_device(cpu):
+        key = jax.random.fold_in(jax.random.key(seed), epoch)
+        return np.asarray(jax.random.permutation(key, n))
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The visiting order `[n]` of epoch `epoch`; identical on every platform and host."""
+    with _PERM_LOCK:
+        return _permutation(seed, epoch, n)
+
+
+def local_rows(global_batch: int) -> slice:
+    """The rows of a global batch that this process loads."""
+    count, index = jax.process_count(), jax.process_index()
+    if global_batch % count:
+        raise UsageError(
+            f"data.batch_size={global_batch} does not divide by the {count} processes; "
+            "choose a multiple."
+        )
+    local = global_batch // count
+    return slice(index * local, (index + 1) * local)
+
+
+def _augment(batch: dict, *, seed: int, epoch: int, augment) -> dict:
+    if augment is None or not any(
+        [augment.crop_padding, augment.hflip, augment.rotation_degrees, augment.color_jitter]
+    ):
+        return batch
+    from protojax.data.augment import augment_batch
+
+    batch["image"] = augment_batch(
+        batch["image"], batch["index"], seed=seed, epoch=epoch, config=augment
+    )
+    return batch
+
+
+def _finish(batch: dict, normalization: str) -> dict:
+    batch["image"] = normalize(batch["image"], normalization).astype(np.float32)
+    batch["label"] = batch["label"].astype(np.int32)
+    batch["index"] = batch["index"].astype(np.int32)
+    return batch
+
+
+def steps_per_epoch(split: Split, batch_size: int) -> int:
+    """Training steps per epoch: full batches only (the remainder is dropped)."""
+    steps = len(split) // batch_size
+    if steps == 0:
+        raise DataError(
+            f"The training split has {len(split)} examples, fewer than one batch of "
+            f"{batch_size}; lower data.batch_size."
+        )
+    return steps
+
+
+def train_batches(
+    split: Split,
+    *,
+    seed: int,
+    batch_size: int,
+    start_step: int,
+    end_step: int,
+    normalization: str = "none",
+    augment=None,
+    num_workers: int = 2,
+) -> Iterator[dict[str, np.ndarray]]:
+    """This process's rows of the training batches of steps `[start_step, end_step)`.
+
+    Yields dicts with `image [b,H,W,C] float32`, `label [b] int32`, `index [b] int32`,
+    `valid [b] bool` (all true) and the source's extra fields, b = batch_size / processes.
+    """
+    import grain
+
+    n = len(split)
+    per_epoch = steps_per_epoch(split, batch_size)
+    rows = local_rows(batch_size)
+
+    def load(step: int) -> dict[str, np.ndarray]:
+        epoch, position = divmod(step, per_epoch)
+        order = epoch_permutation(seed, epoch, n)
+        indices = order[position * batch_size : (position + 1) * batch_size][rows]
+        batch = split.get_batch(indices)
+        batch = _augment(batch, seed=seed, epoch=epoch, augment=augment)
+        batch["valid"] = np.ones(len(indices), bool)
+        return _finish(batch, normalization)
+
+    if end_step <= start_step:
+        return iter(())
+    dataset = grain.MapDataset.range(start_step, end_step).map(load)
+    options = grain.ReadOptions(
+        num_threads=max(1, num_workers), prefetch_buffer_size=max(2, 2 * num_workers)
+    )
+    return iter(dataset.to_iter_dataset(options))
+
+
+def ordered_batches(
+    split: Split,
+    *,
+    batch_size: int,
+    normalization: str = "none",
+    indices: np.ndarray | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """An ordered, non-repeating pass over `split` (or over `indices` of it).
+
+    Every example appears exactly once; the last batch is padded with copies of the first
+    example whose `valid` is false. Yields this process's rows of each global batch.
+    """
+    order = np.arange(len(split)) if indices is None else np.asarray(indices)
+    if len(order) == 0:
+        return
+    rows = local_rows(batch_size)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        valid = np.zeros(batch_size, bool)
+        valid[: len(chunk)] = True
+        padded = np.concatenate([chunk, np.full(batch_size - len(chunk), order[0])])
+        local = padded[rows]
+        batch = split.get_batch(local)
+        batch["valid"] = valid[rows]
+        yield _finish(batch, normalization)
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assembles process-local rows into global arrays sharded along the "data" axis."""
+    sharding = data_sharding(mesh)
+    count = jax.process_count()
+    out = {}
+    for key, value in batch.items():
+        global_shape = (value.shape[0] * count, *value.shape[1:])
+        out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
+    return out
