@@ -68,7 +68,9 @@ def load_config(name_or_path: str, arg: str | None = None) -> ml_collections.Con
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise UsageError(f"Config file {path} has no get_config(); define one returning a ConfigDict.")
+        raise UsageError(
+            f"Config file {path} has no get_config(); define one returning a ConfigDict."
+        )
     config = module.get_config() if arg is None else module.get_config(arg)
     if not isinstance(config, ml_collections.ConfigDict):
         raise UsageError(f"get_config() in {path} must return an ml_collections.ConfigDict.")
@@ -90,7 +92,9 @@ def leaf_keys(config: Mapping[str, Any], prefix: str = "") -> list[str]:
 
 def _unknown_key(config: ml_collections.ConfigDict, key: str) -> UsageError:
     close = difflib.get_close_matches(key, leaf_keys(config), n=3, cutoff=0.5)
-    hint = f"closest valid keys: {', '.join(close)}." if close else "see the config file for its keys."
+    hint = (
+        f"closest valid keys: {', '.join(close)}." if close else "see the config file for its keys."
+    )
     return UsageError(f"Unknown config key '{key}'; {hint}")
 
 
@@ -150,7 +154,11 @@ def set_value(config: ml_collections.ConfigDict, key: str, raw: Any) -> None:
         sub = ", ".join(f"{key}.{k}" for k in current.keys())
         raise UsageError(f"Config key '{key}' is a group; set one of {sub}.")
     value = _parse(key, raw, current)
-    if isinstance(current, int | float) and not isinstance(current, bool) and isinstance(value, bool):
+    if (
+        isinstance(current, int | float)
+        and not isinstance(current, bool)
+        and isinstance(value, bool)
+    ):
         raise UsageError(f"Config key '{key}' expects a number, got '{raw}'.")
     try:
         with node.unlocked():
@@ -161,7 +169,9 @@ def set_value(config: ml_collections.ConfigDict, key: str, raw: Any) -> None:
         ) from None
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[tuple[str, Any]]) -> None:
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Iterable[tuple[str, Any]]
+) -> None:
     for key, raw in overrides:
         set_value(config, key, raw)
 

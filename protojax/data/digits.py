@@ -43,9 +43,7 @@ def load_digits(image_size: int = 28, val_fraction: float = 0.1, seed: int = 0) 
     size = image_size or 8
     images = np.clip(resize_bilinear(images, size), 0.0, 1.0)
     all_idx = np.arange(len(labels))
-    train_idx, test_idx = train_test_split(
-        all_idx, test_size=0.2, stratify=labels, random_state=0
-    )
+    train_idx, test_idx = train_test_split(all_idx, test_size=0.2, stratify=labels, random_state=0)
     keep, held = stratified_split(labels[train_idx], val_fraction, seed)
     val_idx, train_idx = train_idx[held], train_idx[keep]
 

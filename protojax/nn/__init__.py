@@ -45,7 +45,9 @@ def backbone_by_name(
     if name not in _BACKBONES:
         raise UsageError(f"Unknown backbone '{name}'; use one of {', '.join(backbone_names())}.")
     del stem  # the small backbones have a single stem
-    return _BACKBONES[name](dtype=dtype, param_dtype=param_dtype, return_layers=tuple(return_layers))
+    return _BACKBONES[name](
+        dtype=dtype, param_dtype=param_dtype, return_layers=tuple(return_layers)
+    )
 
 
 __all__ = ["SmallCNN", "backbone_by_name", "backbone_names"]
