@@ -1,0 +1,29 @@
+"""The generic training engine: phases, jit-compiled sharded steps, checkpoints, metrics."""
+
+from protojax.train.context import RunContext
+from protojax.train.loop import (
+    TrainState,
+    compute_dtype,
+    default_config,
+    make_data_mesh,
+    run,
+)
+from protojax.train.optim import Optimizer, adam, constant, cosine, sgd, step_decay
+from protojax.train.protocol import Method, Phase
+
+__all__ = [
+    "Method",
+    "Optimizer",
+    "Phase",
+    "RunContext",
+    "TrainState",
+    "adam",
+    "compute_dtype",
+    "constant",
+    "cosine",
+    "default_config",
+    "make_data_mesh",
+    "run",
+    "sgd",
+    "step_decay",
+]

@@ -1,0 +1,534 @@
+"""The training engine: phases of jit-compiled, sharded steps with exact resume.
+
+`run(method, config, workdir)` trains a method through its phases on a data-parallel mesh,
+checkpoints with Orbax, logs to metrics.jsonl and writes summary.json. The same code runs on
+one CPU, several GPUs or a pod: batches are sharded along the mesh's "data" axis and the
+state is replicated. A run interrupted at any point resumes from its newest checkpoint and
+ends with bit-identical parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from protojax.data import load_dataset, pipeline
+from protojax.data.base import Dataset
+from protojax.errors import DataError, NonFiniteError, UsageError
+from protojax.train import workdir as wd
+from protojax.train.checkpoint import Checkpointer
+from protojax.train.context import RunContext
+from protojax.train.optim import build_optimizer, learning_rates
+from protojax.train.progress import Progress
+from protojax.train.protocol import Method, Phase
+
+log = logging.getLogger("protojax")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes. `variables` holds `params` and the non-trainable
+    collections; `opt_states` maps optimizer names to their states."""
+
+    variables: dict[str, Any]
+    opt_states: dict[str, Any]
+    step: jax.Array
+    phase_index: jax.Array
+    epoch_in_phase: jax.Array
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The `config.train` section read by the engine."""
+    return ml_collections.ConfigDict(
+        {
+            "epochs": 10,
+            # float32, or bfloat16 compute with float32 parameters.
+            "precision": "float32",
+            # Split each global batch into this many micro-batches (gradients averaged).
+            "grad_accum_steps": 1,
+            # 0: checkpoint at the end of every epoch (and of every phase).
+            "checkpoint_every_steps": 0,
+            "keep_checkpoints": 3,
+            # > 0: checkpoint and stop after this many steps (resume by rerunning).
+            "stop_after_steps": 0,
+            "log_every_steps": 50,
+            "eval_every_epochs": 1,
+            "progress": True,
+        }
+    )
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+    precision = config.train.precision
+    if precision not in ("float32", "bfloat16"):
+        raise UsageError(f"train.precision must be float32 or bfloat16, got '{precision}'.")
+    return jnp.bfloat16 if precision == "bfloat16" else jnp.float32
+
+
+def make_data_mesh(devices=None) -> Mesh:
+    """A 1-D mesh named "data" over `devices` (default: all devices of all processes)."""
+    devices = list(jax.devices() if devices is None else devices)
+    return jax.make_mesh((len(devices),), ("data",), (AxisType.Auto,), devices=devices)
+
+
+def _replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def _example_batch(dataset: Dataset, size: int = 2) -> dict[str, np.ndarray]:
+    h, w, c = dataset.image_shape
+    return {
+        "image": np.zeros((size, h, w, c), np.float32),
+        "label": np.zeros((size,), np.int32),
+        "index": np.arange(size, dtype=np.int32),
+        "valid": np.ones((size,), bool),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    phases: list[Phase]
+    steps_per_epoch: int
+    optimizers: dict[str, optax.GradientTransformation]
+
+    def phase_start(self, index: int) -> int:
+        return sum(p.epochs for p in self.phases[:index]) * self.steps_per_epoch
+
+    @property
+    def total_steps(self) -> int:
+        return self.phase_start(len(self.phases))
+
+
+def _plan(method: Method, config, dataset: Dataset, params) -> _Plan:
+    phases = method.phases(config)
+    if not phases:
+        raise UsageError(f"Method '{method.name}' returned no phases; check train.epochs.")
+    per_epoch = pipeline.steps_per_epoch(dataset.split("train"), config.data.batch_size)
+    optimizers, rules = {}, {}
+    for phase in phases:
+        if phase.optimizer in rules:
+            if rules[phase.optimizer] != phase.trainable:
+                raise UsageError(
+                    f"Phases sharing optimizer '{phase.optimizer}' must train the same "
+                    f"parameters with the same transforms; phase '{phase.name}' differs."
+                )
+            continue
+        rules[phase.optimizer] = phase.trainable
+        optimizers[phase.optimizer] = build_optimizer(phase, params, per_epoch)
+    return _Plan(phases, per_epoch, optimizers)
+
+
+def _initial_state(method: Method, config, dataset: Dataset, mesh: Mesh):
+    """(state, plan), with the state initialised and replicated on the mesh."""
+    rng = jax.random.fold_in(jax.random.key(config.seed), 0)
+    batch = _example_batch(dataset)
+    variables = jax.jit(method.init, out_shardings=_replicated(mesh))(rng, batch)
+    if "params" not in variables:
+        raise UsageError(f"Method '{method.name}' init must return a dict with 'params'.")
+    plan = _plan(method, config, dataset, variables["params"])
+    opt_states = {
+        name: jax.jit(tx.init, out_shardings=_replicated(mesh))(variables["params"])
+        for name, tx in plan.optimizers.items()
+    }
+    # Three distinct buffers: donation forbids passing one buffer twice.
+    step, phase_index, epoch_in_phase = (
+        jax.device_put(jnp.zeros((), jnp.int32), _replicated(mesh)) for _ in range(3)
+    )
+    state = TrainState(variables, opt_states, step, phase_index, epoch_in_phase)
+    return state, plan
+
+
+def _abstract(state: TrainState) -> TrainState:
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+    )
+
+
+def restore_variables(method: Method, config, dataset: Dataset, workdir: pathlib.Path):
+    """The variables of a workdir's newest checkpoint, replicated on all local devices."""
+    mesh = make_data_mesh(jax.local_devices())
+    state, _ = _initial_state(method, config, dataset, mesh)
+    checkpointer = Checkpointer(workdir / wd.CHECKPOINTS)
+    try:
+        if checkpointer.latest() is None:
+            raise DataError(f"{workdir} has no checkpoint yet; train first or wait for one.")
+        restored, _ = checkpointer.restore(_abstract(state))
+    finally:
+        checkpointer.close()
+    return restored.variables
+
+
+def _make_step(method: Method, phase: Phase, tx, base_rng, accum: int):
+    """The jit-able step `(state, batch) -> (state, metrics, finite_flags)`."""
+
+    def loss_and_grad(params, rest, batch, rng):
+        def loss_fn(p):
+            return method.loss(p, rest, batch, rng, phase)
+
+        return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+    def step(state: TrainState, batch):
+        rng = jax.random.fold_in(base_rng, state.step)
+        params = state.variables["params"]
+        rest = {k: v for k, v in state.variables.items() if k != "params"}
+        if accum == 1:
+            (_, (metrics, new_rest)), grads = loss_and_grad(params, rest, batch, rng)
+        else:
+            # Row j of micro-batch i is global row j * accum + i: every device keeps its rows.
+            micro = jax.tree.map(
+                lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1),
+                batch,
+            )
+
+            def body(carry, inputs):
+                rest_i, grad_sum = carry
+                micro_batch, i = inputs
+                (_, (m, rest_next)), g = loss_and_grad(
+                    params, rest_i, micro_batch, jax.random.fold_in(rng, i)
+                )
+                return (rest_next, jax.tree.map(jnp.add, grad_sum, g)), m
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            (new_rest, grad_sum), metrics = jax.lax.scan(
+                body, (rest, zeros), (micro, jnp.arange(accum))
+            )
+            grads = jax.tree.map(lambda g: g / accum, grad_sum)
+            metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+        new_rest = dict(new_rest)
+        if not phase.update_batch_stats and "batch_stats" in rest:
+            new_rest["batch_stats"] = rest["batch_stats"]
+        updates, opt_state = tx.update(grads, state.opt_states[phase.optimizer], params)
+        params = optax.apply_updates(params, updates)
+        flags = {name: jnp.isfinite(value) for name, value in metrics.items()}
+        flags["parameter_update"] = jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(updates)])
+        )
+        new_state = state.replace(
+            variables={**new_rest, "params": params},
+            opt_states={**state.opt_states, phase.optimizer: opt_state},
+            step=state.step + 1,
+        )
+        return new_state, metrics, flags
+
+    return step
+
+
+class _Trainer:
+    def __init__(self, method, config, dataset, workdir, mesh, profile_steps):
+        self.method, self.config, self.dataset = method, config, dataset
+        self.workdir, self.mesh, self.profile_steps = workdir, mesh, profile_steps
+        self.replicated = _replicated(mesh)
+        self.base_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
+        self.checkpointer = Checkpointer(
+            workdir / wd.CHECKPOINTS, keep=config.train.keep_checkpoints
+        )
+        self.writer = wd.MetricWriter(workdir)
+        self.ctx = RunContext(config, dataset, mesh, workdir, self.writer, method)
+        self.steps: dict[int, Any] = {}
+        self.save_index = -1
+        self.train_seconds = 0.0
+        self.train_images = 0
+        self.wall_before = 0.0
+
+    # --- checkpoints -----------------------------------------------------------------
+    def save(self, state: TrainState, host: dict) -> None:
+        state = state.replace(
+            phase_index=jnp.int32(host["phase_index"]),
+            epoch_in_phase=jnp.int32(host["epoch_in_phase"]),
+        )
+        self.save_index += 1
+        meta = {
+            **host,
+            "save_index": self.save_index,
+            "records": self.ctx.records,
+            "train_seconds": self.train_seconds,
+            "train_images": self.train_images,
+            "wall_seconds": self.wall_before + time.perf_counter() - self.started,
+        }
+        self.checkpointer.save(self.save_index, state, meta)
+
+    def restore(self, state: TrainState) -> tuple[TrainState, dict]:
+        latest = self.checkpointer.latest()
+        if latest is None:
+            return state, {"step": 0, "phase_index": 0, "epoch_in_phase": 0}
+        restored, meta = self.checkpointer.restore(_abstract(state))
+        self.save_index = meta["save_index"]
+        self.ctx.records.update(meta.get("records", {}))
+        self.train_seconds = meta.get("train_seconds", 0.0)
+        self.train_images = meta.get("train_images", 0)
+        self.wall_before = meta.get("wall_seconds", 0.0)
+        log.info("Resumed from checkpoint %d at step %d.", latest, meta["step"])
+        return restored, meta
+
+    # --- steps -----------------------------------------------------------------------
+    def compiled_step(self, plan: _Plan, index: int):
+        phase = plan.phases[index]
+        if index not in self.steps:
+            step = _make_step(
+                self.method,
+                phase,
+                plan.optimizers[phase.optimizer],
+                self.base_rng,
+                self.config.train.grad_accum_steps,
+            )
+            self.steps[index] = jax.jit(
+                step,
+                donate_argnums=(0,),
+                out_shardings=(self.replicated, self.replicated, self.replicated),
+            )
+        return self.steps[index]
+
+    def check_flags(self, flags, step: int) -> None:
+        flags = jax.device_get(flags)
+        bad = sorted(name for name, ok in flags.items() if not bool(ok))
+        if bad:
+            raise NonFiniteError(
+                f"The {', '.join(bad)} term became non-finite at step {step}; the last good "
+                f"checkpoint in {self.checkpointer.directory} is kept. Lower the learning rate "
+                "or check the inputs, then rerun to resume."
+            )
+
+    # --- the loop --------------------------------------------------------------------
+    def run(self) -> dict[str, Any] | None:
+        self.started = time.perf_counter()
+        state, plan = _initial_state(self.method, self.config, self.dataset, self.mesh)
+        state, host = self.restore(state)
+        step, phase_index, epoch_in_phase = (
+            host["step"],
+            host["phase_index"],
+            host["epoch_in_phase"],
+        )
+        stop_after = self.config.train.stop_after_steps
+        if stop_after and step >= stop_after:
+            log.info("Already at step %d >= train.stop_after_steps=%d.", step, stop_after)
+            return None
+        progress = Progress(
+            plan.total_steps,
+            f"{self.method.name}",
+            log_every=self.config.train.log_every_steps,
+            enabled=self.config.train.progress and wd.is_main_process(),
+        )
+        progress.done = step
+        while phase_index < len(plan.phases):
+            phase = plan.phases[phase_index]
+            self.ctx.phase = phase.name
+            while epoch_in_phase < phase.epochs:
+                state, step, stopped = self.train_epoch(
+                    state, plan, phase_index, epoch_in_phase, step, progress
+                )
+                if stopped:
+                    return None
+                epoch_in_phase += 1
+                self.end_of_epoch(state, plan, phase_index, epoch_in_phase, step)
+                if stop_after and step >= stop_after:
+                    if epoch_in_phase < phase.epochs:
+                        self.checkpointer.wait()
+                    else:
+                        self.save(state, self._host(step, phase_index, epoch_in_phase))
+                    progress.close()
+                    return None
+            if phase.after is not None:
+                self.ctx.step = step
+                variables = phase.after(state.variables, self.ctx)
+                state = state.replace(variables=jax.device_put(variables, self.replicated))
+            phase_index, epoch_in_phase = phase_index + 1, 0
+            self.save(state, self._host(step, phase_index, 0))
+        progress.close()
+        self.checkpointer.wait()
+        return self.finish(state, step)
+
+    @staticmethod
+    def _host(step: int, phase_index: int, epoch_in_phase: int) -> dict:
+        return {"step": step, "phase_index": phase_index, "epoch_in_phase": epoch_in_phase}
+
+    def train_epoch(self, state, plan: _Plan, phase_index, epoch_in_phase, step, progress):
+        phase = plan.phases[phase_index]
+        train = self.config.train
+        epoch_start = plan.phase_start(phase_index) + epoch_in_phase * plan.steps_per_epoch
+        epoch_end = epoch_start + plan.steps_per_epoch
+        step_fn = self.compiled_step(plan, phase_index)
+        batches = pipeline.train_batches(
+            self.dataset.split("train"),
+            seed=self.config.seed,
+            batch_size=self.config.data.batch_size,
+            start_step=step,
+            end_step=epoch_end,
+            normalization=self.config.data.normalization,
+            augment=self.config.data.augment,
+            num_workers=self.config.data.num_workers,
+        )
+        pending_flags, window = None, []
+        first = True
+        for local in batches:
+            if self.profile_steps and step == self.profile_steps[0]:
+                jax.profiler.start_trace(str(self.workdir / "profile"))
+            tick = time.perf_counter()
+            batch = pipeline.to_global(local, self.mesh)
+            state, metrics, flags = step_fn(state, batch)
+            if pending_flags is not None:
+                self.check_flags(pending_flags, step)
+            pending_flags = flags
+            window.append(metrics)
+            step += 1
+            if first:  # the first step of a segment includes compilation
+                jax.block_until_ready(state.step)
+                first = False
+            else:
+                self.train_seconds += time.perf_counter() - tick
+                self.train_images += self.config.data.batch_size
+            if self.profile_steps and step == self.profile_steps[1]:
+                jax.block_until_ready(state.step)
+                jax.profiler.stop_trace()
+            progress.update(1)
+            if step % train.log_every_steps == 0 or step == epoch_end:
+                self.check_flags(pending_flags, step)
+                self.log_window(window, phase, plan, step, state)
+                window = []
+            at_epoch_end = step == epoch_end
+            if (
+                not at_epoch_end
+                and train.checkpoint_every_steps
+                and (step % train.checkpoint_every_steps == 0)
+            ):
+                self.save(state, self._host(step, phase_index, epoch_in_phase))
+            if not at_epoch_end and train.stop_after_steps and step >= train.stop_after_steps:
+                self.check_flags(pending_flags, step)
+                self.save(state, self._host(step, phase_index, epoch_in_phase))
+                self.checkpointer.wait()
+                progress.close()
+                return state, step, True
+        if pending_flags is not None:
+            self.check_flags(pending_flags, step)
+        return state, step, False
+
+    def log_window(self, window, phase: Phase, plan: _Plan, step: int, state) -> None:
+        values = jax.device_get(window)
+        mean = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+        record = {
+            "kind": "train",
+            "step": step,
+            "phase": phase.name,
+            "epoch": step / plan.steps_per_epoch,
+            **mean,
+        }
+        if self.train_seconds > 0:
+            record["train_images_per_sec"] = self.train_images / self.train_seconds
+        self.writer.write(record)
+
+    def end_of_epoch(self, state, plan: _Plan, phase_index, epoch_in_phase, step) -> None:
+        phase = plan.phases[phase_index]
+        record = {
+            "kind": "epoch",
+            "step": step,
+            "phase": phase.name,
+            "epoch": step // plan.steps_per_epoch,
+            "epoch_in_phase": epoch_in_phase,
+        }
+        optimizer_epochs = sum(
+            p.epochs for p in plan.phases[:phase_index] if p.optimizer == phase.optimizer
+        )
+        # The rate of the epoch's last update: the optimizer counts its own updates.
+        updates_done = (optimizer_epochs + epoch_in_phase) * plan.steps_per_epoch
+        record["learning_rates"] = learning_rates(phase, plan.steps_per_epoch, updates_done - 1)
+        every = self.config.train.eval_every_epochs
+        if every and (step // plan.steps_per_epoch) % every == 0 and "val" in self.dataset.splits:
+            record["val_accuracy"] = self.ctx.evaluate(state.variables, "val")
+        self.writer.write(record)
+        if epoch_in_phase < phase.epochs and (
+            not self.config.train.checkpoint_every_steps
+            or step % self.config.train.checkpoint_every_steps == 0
+        ):
+            self.save(state, self._host(step, phase_index, epoch_in_phase))
+
+    def finish(self, state: TrainState, step: int) -> dict[str, Any]:
+        variables = state.variables
+        self.ctx.step = step
+        summary = {
+            "test_accuracy": self.ctx.evaluate(variables, "test"),
+            "val_accuracy": self.ctx.evaluate(variables, "val")
+            if "val" in self.dataset.splits
+            else None,
+            "steps": step,
+            "wall_time_s": self.wall_before + time.perf_counter() - self.started,
+            "train_images_per_sec": self.train_images / self.train_seconds
+            if self.train_seconds
+            else None,
+            "num_devices": self.mesh.devices.size,
+            **self.ctx.records,
+        }
+        summary.update(self.method.summarize(variables, self.ctx))
+        if wd.is_main_process():
+            from protojax.train.figures import training_curves
+
+            figures = [training_curves(self.workdir)]
+            figures += self.method.figures(variables, self.ctx)
+            summary["figures"] = [str(pathlib.Path(f).relative_to(self.workdir)) for f in figures]
+        wd.write_summary(self.workdir, summary)
+        self.writer.write({"kind": "summary", "step": step, **summary})
+        return summary
+
+    def close(self) -> None:
+        self.checkpointer.close()
+        self.writer.close()
+
+
+def run(
+    method: Method | None,
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    mesh: Mesh | None = None,
+    *,
+    dataset: Dataset | None = None,
+    profile_steps: tuple[int, int] | None = None,
+) -> dict[str, Any] | None:
+    """Trains `method` (built from `config.method` if None) and returns the summary.
+
+    Args:
+      method: a `Method`, or None to build the one named by `config.method`.
+      config: the experiment config (see experiments/configs).
+      workdir: where config.json, checkpoints, metrics.jsonl, summary.json and figures go.
+        An existing workdir of the same config is resumed.
+      mesh: a mesh with a "data" axis; default: all devices.
+      dataset: an already loaded dataset (default: `load_dataset(config.data)`).
+      profile_steps: (first, last) steps to trace with jax.profiler into workdir/profile.
+
+    Returns:
+      The summary dict, or None if the run stopped early (train.stop_after_steps).
+    """
+    workdir = pathlib.Path(workdir)
+    wd.prepare(workdir, config)
+    dataset = dataset or load_dataset(config.data)
+    wd.write_dataset_info(workdir, dataset)
+    if method is None:
+        from protojax.methods import build_method
+
+        method = build_method(config, dataset)
+    mesh = mesh or make_data_mesh()
+    devices = mesh.devices.size
+    for key in ("batch_size", "eval_batch_size"):
+        if config.data[key] % devices:
+            raise UsageError(
+                f"data.{key}={config.data[key]} does not divide by the {devices} devices; "
+                "choose a multiple (the global batch never depends on the device count)."
+            )
+    if config.data.batch_size % (config.train.grad_accum_steps * devices):
+        raise UsageError(
+            f"data.batch_size={config.data.batch_size} must divide by train.grad_accum_steps "
+            f"× devices = {config.train.grad_accum_steps * devices}."
+        )
+    trainer = _Trainer(method, config, dataset, workdir, mesh, profile_steps)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()

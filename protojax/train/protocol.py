@@ -1,0 +1,106 @@
+"""The protocol between the training engine and a method.
+
+A method is an object with `init`, `loss`, `predict`, `embed`, `phases` and `targets`
+(DESIGN.md, "The method protocol"). The engine knows nothing else about it. Training is a
+list of `Phase`s run in order; each names its optimizer (whose state persists across
+revisits), which parameters it trains, whether BatchNorm statistics update, and an optional
+operation run after it (push, k-means, a last-layer fit, ...).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import jax
+import optax
+
+if TYPE_CHECKING:
+    from protojax.train.context import RunContext
+
+Variables = dict[str, Any]
+Batch = Mapping[str, jax.Array]
+# Builds an optax transform given the number of steps per epoch, so that schedules can be
+# written in epochs (see `protojax.train.optim`).
+TxFactory = Callable[[int], optax.GradientTransformation]
+AfterOp = Callable[[Variables, "RunContext"], Variables]
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One stage of training.
+
+    Attributes:
+      name: shown in logs and metrics (`warm`, `joint`, `last`, ...).
+      epochs: full passes over the training split; 0 runs only `after`.
+      optimizer: the optimizer's name. Phases with the same name share one optimizer state,
+        which persists across revisits, and must have the same `trainable` rules.
+      trainable: `(regex, TxFactory)` pairs. A parameter whose '/'-joined path (without the
+        leading 'params', e.g. `backbone/conv1/kernel`) fully matches a regex is updated by
+        that transform (the first match wins); every other parameter is frozen.
+      update_batch_stats: when false, BatchNorm statistics are left as they are; the method
+        should also normalise with running averages then.
+      after: `after(variables, ctx) -> variables`, run once after the phase's last epoch.
+    """
+
+    name: str
+    epochs: int
+    optimizer: str
+    trainable: tuple[tuple[str, TxFactory], ...]
+    update_batch_stats: bool = True
+    after: AfterOp | None = None
+
+
+class Method(abc.ABC):
+    """Base class of the methods. Subclasses hold their config and dataset description."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def init(self, rng: jax.Array, batch: Batch) -> Variables:
+        """Initial variables: `params`, and optionally `batch_stats`, `prototype_state`."""
+
+    @abc.abstractmethod
+    def loss(
+        self,
+        params: Any,
+        state: Variables,
+        batch: Batch,
+        rng: jax.Array,
+        phase: Phase,
+    ) -> tuple[jax.Array, tuple[dict[str, jax.Array], Variables]]:
+        """`(loss, (metrics, new_state))`; averages over valid rows only.
+
+        `state` holds the non-trainable collections; `metrics` are scalars, each checked for
+        finiteness by the engine (name the terms: `cross_entropy`, `cluster`, ...).
+        """
+
+    @abc.abstractmethod
+    def predict(self, variables: Variables, images: jax.Array) -> jax.Array:
+        """Logits `[B, K]` for images `[B, H, W, C]`, in inference mode."""
+
+    @abc.abstractmethod
+    def embed(self, variables: Variables, images: jax.Array) -> jax.Array:
+        """An embedding `[B, d]` for images `[B, H, W, C]` (for RELAX, KMEx, PCA plots)."""
+
+    @abc.abstractmethod
+    def phases(self, config) -> list[Phase]:
+        """The phases of training, in order."""
+
+    @abc.abstractmethod
+    def targets(self, variables: Variables) -> dict[str, jax.tree_util.Partial]:
+        """Score functions for the explainers, each `fn(images, targets) -> [B]` and a
+        `jax.tree_util.Partial` whose leaves are the variables, so that new variables do
+        not recompile."""
+
+    def summarize(self, variables: Variables, ctx: RunContext) -> dict[str, Any]:
+        """Method-specific keys for `summary.json` (computed once training ends)."""
+        del variables, ctx
+        return {}
+
+    def figures(self, variables: Variables, ctx: RunContext) -> list[str]:
+        """Writes method-specific figures under `ctx.figures_dir`; returns their paths."""
+        del variables, ctx
+        return []

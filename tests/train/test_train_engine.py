@@ -1,0 +1,296 @@
+"""The engine: phases, optimizer persistence, exact resume, checkpoint and non-finite errors.
+
+A toy method (a two-layer MLP on 8×8 digits) keeps these tests fast; the black box is tested
+in tests/methods.
+"""
+
+import json
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import protojax
+from experiments.configs.common import base_config
+from protojax.data.digits import load_digits
+from protojax.errors import CheckpointError, NonFiniteError, WorkdirError
+from protojax.methods.common import cross_entropy
+from protojax.train import Method, Phase, adam, make_data_mesh, run, sgd
+from protojax.train.workdir import read_metrics
+
+
+class MLP(nn.Module):
+    hidden: int = 16
+
+    @nn.compact
+    def __call__(self, images):
+        x = images.reshape(images.shape[0], -1)
+        x = nn.relu(nn.Dense(self.hidden, name="a")(x))
+        return nn.Dense(10, name="b")(x)
+
+
+def _halve_head(variables, ctx):
+    """An `after` op that uses the context's rng and records a value."""
+    params = jax.tree.map(lambda x: x, variables["params"])
+    noise = jax.random.normal(ctx.rng("after"), params["b"]["kernel"].shape) * 1e-3
+    params["b"]["kernel"] = 0.5 * params["b"]["kernel"] + noise
+    ctx.record("after_calls", ctx.records.get("after_calls", 0) + 1)
+    ctx.record(f"val_after_{ctx.phase}_{ctx.step}", ctx.evaluate({**variables, "params": params}))
+    return {**variables, "params": params}
+
+
+class Toy(Method):
+    name = "toy"
+
+    def __init__(self, hidden=16, nan_at_step=None, jitter=1e-3):
+        self.net = MLP(hidden)
+        self.nan_at_step = nan_at_step
+        self.jitter = jitter
+
+    def init(self, rng, batch):
+        variables = dict(self.net.init(rng, batch["image"]))
+        variables["counter"] = {"steps": jnp.zeros((), jnp.int32)}
+        return variables
+
+    def loss(self, params, state, batch, rng, phase):
+        logits = self.net.apply({"params": params}, batch["image"])
+        ce = cross_entropy(logits, batch["label"], batch["valid"])
+        # Dropout-like noise from the step rng, so that rng handling is part of the resume test.
+        jitter = self.jitter * jax.random.normal(rng, ())
+        steps = state["counter"]["steps"]
+        exploding = jnp.where(
+            (self.nan_at_step is not None) & (steps >= (self.nan_at_step or 0)), jnp.nan, 0.0
+        )
+        total = ce + jitter * jnp.mean(logits) + exploding
+        metrics = {"loss": total, "cross_entropy": ce, "exploding": exploding}
+        return total, (metrics, {"counter": {"steps": steps + 1}})
+
+    def predict(self, variables, images):
+        return self.net.apply({"params": variables["params"]}, images)
+
+    def embed(self, variables, images):
+        return self.predict(variables, images)
+
+    def phases(self, config):
+        first = (("a/.*", adam(1e-2, weight_decay=1e-3)),)
+        second = (("b/.*", sgd(0.1)), ("a/bias", sgd(0.01)))
+        return [
+            Phase("first", 1, "adam", first, after=_halve_head),
+            Phase("second", 2, "sgd", second),
+            Phase("push_only", 0, "sgd", second, after=_halve_head),
+            Phase("first", 1, "adam", first),
+        ]
+
+    def targets(self, variables):
+        return {}
+
+
+@pytest.fixture(scope="module")
+def digits8():
+    return load_digits(image_size=8)
+
+
+def toy_config(**train):
+    config = base_config("blackbox")
+    config.data.image_size = 8
+    config.data.batch_size = 32
+    config.data.eval_batch_size = 128
+    config.train.log_every_steps = 10
+    config.train.progress = False
+    for key, value in train.items():
+        config.train[key] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def mesh2():
+    return make_data_mesh(jax.devices()[:2])
+
+
+def _params(workdir):
+    _, variables, _ = protojax.load_workdir(workdir)
+    return variables
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, digits8, mesh2):
+    workdir = tmp_path_factory.mktemp("full")
+    summary = run(Toy(), toy_config(), workdir, mesh2, dataset=digits8)
+    return workdir, summary
+
+
+def _restore(workdir, digits8, method=None):
+    from protojax.train.loop import restore_variables
+
+    return restore_variables(method or Toy(), toy_config(), digits8, pathlib.Path(workdir))
+
+
+def test_phases_run_in_order_and_after_ops_once(uninterrupted):
+    workdir, summary = uninterrupted
+    # 1,293 train / 32 = 40 steps per epoch; 1 + 2 + 0 + 1 epochs.
+    assert summary["steps"] == 160
+    assert summary["after_calls"] == 2
+    assert {"val_after_first_40", "val_after_push_only_120"} <= set(summary)
+    records = read_metrics(workdir)
+    phases = [r["phase"] for r in records if r["kind"] == "epoch"]
+    assert phases == ["first", "second", "second", "first"]
+    for key in ("test_accuracy", "val_accuracy", "steps", "wall_time_s", "train_images_per_sec"):
+        assert key in json.loads((workdir / "summary.json").read_text())
+    assert (workdir / "figures" / "training_curves.png").stat().st_size > 10_000
+    assert summary["test_accuracy"] > 0.8
+
+
+def test_optimizer_state_persists_across_revisits(uninterrupted, digits8):
+    """The adam state counts the updates of both visits of phase 'first' (40 + 40)."""
+    workdir, _ = uninterrupted
+    from protojax.train.checkpoint import Checkpointer
+    from protojax.train.loop import _abstract, _initial_state
+
+    mesh = make_data_mesh(jax.local_devices()[:1])
+    state, _ = _initial_state(Toy(), toy_config(), digits8, mesh)
+    checkpointer = Checkpointer(workdir / "checkpoints")
+    restored, meta = checkpointer.restore(_abstract(state))
+    checkpointer.close()
+    counts = [
+        int(leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(restored.opt_states["adam"])[0]
+        if "count" in jax.tree_util.keystr(path)
+    ]
+    assert counts and set(counts) == {80}
+    sgd_counts = [
+        int(leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(restored.opt_states["sgd"])[0]
+        if "count" in jax.tree_util.keystr(path)
+    ]
+    assert set(sgd_counts) <= {80}
+    assert meta["step"] == 160 and meta["phase_index"] == 4
+
+
+def test_frozen_parameters_do_not_move(tmp_path, digits8, mesh2):
+    """Phase 'first' trains only a/*: b/* must be bitwise unchanged until its after op."""
+    init = Toy().init(jax.random.fold_in(jax.random.key(0), 0), {"image": jnp.zeros((2, 8, 8, 1))})
+    run(Toy(), toy_config(stop_after_steps=20), tmp_path, mesh2, dataset=digits8)
+    variables = _restore(tmp_path, digits8)
+    np.testing.assert_array_equal(variables["params"]["b"]["kernel"], init["params"]["b"]["kernel"])
+    assert not np.array_equal(variables["params"]["a"]["kernel"], init["params"]["a"]["kernel"])
+
+
+@pytest.mark.parametrize("stops", [(15, 40, 95), (40, 120)])
+def test_resume_is_bit_identical(tmp_path, digits8, mesh2, uninterrupted, stops):
+    """Stopping mid-epoch, at a phase end before its after op, and mid-phase, then resuming,
+    gives exactly the parameters, batch-independent state and records of one run."""
+    full_dir, full_summary = uninterrupted
+    for stop in stops:
+        assert (
+            run(Toy(), toy_config(stop_after_steps=stop), tmp_path, mesh2, dataset=digits8) is None
+        )
+    summary = run(Toy(), toy_config(), tmp_path, mesh2, dataset=digits8)
+    expected, got = _restore(full_dir, digits8), _restore(tmp_path, digits8)
+    jax.tree.map(np.testing.assert_array_equal, expected, got)
+    for key in ("test_accuracy", "val_accuracy", "steps", "after_calls"):
+        assert summary[key] == full_summary[key]
+    # Only the steps after each restored one were logged: no step appears twice.
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["kind"] == "train"
+    ]
+    assert steps == sorted(set(steps))
+
+
+def test_other_config_in_workdir_stops_and_names_keys(uninterrupted, digits8, mesh2):
+    workdir, _ = uninterrupted
+    config = toy_config()
+    config.seed = 3
+    config.data.batch_size = 64
+    before = (workdir / "config.json").read_text()
+    with pytest.raises(WorkdirError, match=r"data\.batch_size, seed"):
+        run(Toy(), config, workdir, mesh2, dataset=digits8)
+    assert (workdir / "config.json").read_text() == before
+
+
+def test_runtime_keys_may_change_on_resume(uninterrupted, digits8, mesh2):
+    workdir, full_summary = uninterrupted
+    summary = run(Toy(), toy_config(log_every_steps=7), workdir, mesh2, dataset=digits8)
+    assert summary["test_accuracy"] == full_summary["test_accuracy"]
+
+
+def test_truncated_checkpoint_is_a_clear_error_and_nothing_is_deleted(tmp_path, digits8, mesh2):
+    run(Toy(), toy_config(stop_after_steps=40), tmp_path, mesh2, dataset=digits8)
+    checkpoints = tmp_path / "checkpoints"
+    files = sorted(
+        (p for p in checkpoints.rglob("*") if p.is_file() and "ocdbt" in str(p)),
+        key=lambda p: p.stat().st_size,
+    )
+    victim = files[-1]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    listing = sorted(str(p) for p in checkpoints.rglob("*"))
+    with pytest.raises(CheckpointError, match="corrupt or does not match"):
+        run(Toy(), toy_config(), tmp_path, mesh2, dataset=digits8)
+    assert sorted(str(p) for p in checkpoints.rglob("*")) == listing
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, digits8, mesh2):
+    run(Toy(), toy_config(stop_after_steps=5), tmp_path, mesh2, dataset=digits8)
+    with pytest.raises(CheckpointError, match="another model|does not match"):
+        run(Toy(hidden=12), toy_config(), tmp_path, mesh2, dataset=digits8)
+
+
+def test_non_finite_loss_names_step_and_term_and_keeps_last_good_checkpoint(
+    tmp_path, digits8, mesh2
+):
+    config = toy_config(checkpoint_every_steps=5)
+    with pytest.raises(NonFiniteError, match=r"exploding.*step 13|step 13.*exploding"):
+        run(Toy(nan_at_step=12), config, tmp_path, mesh2, dataset=digits8)
+    from protojax.train.checkpoint import Checkpointer
+
+    checkpointer = Checkpointer(tmp_path / "checkpoints")
+    latest = checkpointer.latest()
+    checkpointer.close()
+    variables = _restore(tmp_path, digits8)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables["params"]))
+    assert latest is not None and int(variables["counter"]["steps"]) == 10
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path, digits8, mesh2):
+    """Without batch-dependent state, 4 micro-batches give the full-batch update."""
+    full = tmp_path / "full"
+    accum = tmp_path / "accum"
+    toy = Toy(jitter=0.0)
+    run(toy, toy_config(stop_after_steps=3), full, mesh2, dataset=digits8)
+    run(toy, toy_config(stop_after_steps=3, grad_accum_steps=4), accum, mesh2, dataset=digits8)
+    a, b = _restore(full, digits8, toy), _restore(accum, digits8, toy)
+    check = lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6)
+    jax.tree.map(check, a["params"], b["params"])
+
+
+def test_batch_must_divide_by_devices(tmp_path, digits8):
+    from protojax.errors import UsageError
+
+    config = toy_config()
+    config.data.batch_size = 30
+    with pytest.raises(UsageError, match="does not divide by the 4 devices"):
+        run(Toy(), config, tmp_path, make_data_mesh(), dataset=digits8)
+
+
+def test_progress_bar_on_a_terminal_and_plain_lines_otherwise():
+    import io
+
+    from protojax.train.progress import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty, plain = Tty(), io.StringIO()
+    bar = Progress(10, "train", stream=tty)
+    lines = Progress(10, "train", stream=plain, log_every=5)
+    for _ in range(10):
+        bar.update()
+        lines.update()
+    assert "\r" in tty.getvalue() and "10/10" in tty.getvalue() and "step/s" in tty.getvalue()
+    assert plain.getvalue().count("\n") == 2 and "\r" not in plain.getvalue()
+    assert "eta" in plain.getvalue()
