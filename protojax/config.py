@@ -1,8 +1,12 @@
 """Experiment configs: loading by name, command-line overrides, JSON round trips and diffs.
 
-A config is a plain `ml_collections.ConfigDict` returned by `get_config()` in
+A config is a plain `ConfigDict` returned by `get_config()` in
 `experiments/configs/NAME.py` (or any path). Configs are locked: an unknown key or a value of
 the wrong type is a `UsageError` whose message names the key and the closest valid keys.
+
+Where ml_collections is not installed (accelerator images that carry only jax, flax, optax,
+orbax and chex), `ConfigDict` is a small stand-in with the same locking and typing rules, so
+that the model code and the benchmark launcher still run.
 """
 
 from __future__ import annotations
@@ -15,9 +19,77 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import ml_collections
-
 from protojax.errors import UsageError
+
+try:
+    import ml_collections
+
+    ConfigDict = ml_collections.ConfigDict
+except ImportError:  # pragma: no cover - exercised in a subprocess test
+    ml_collections = None
+
+    class ConfigDict(dict):  # noqa: D101 - documented in the module docstring
+        """A nested dict with attribute access, locking and type-safe assignment."""
+
+        def __init__(self, initial=None):
+            super().__init__()
+            object.__setattr__(self, "_locked", False)
+            for key, value in dict(initial or {}).items():
+                self[key] = ConfigDict(value) if isinstance(value, dict) else value
+
+        def __getattr__(self, key):
+            try:
+                return self[key]
+            except KeyError:
+                raise AttributeError(key) from None
+
+        def __setattr__(self, key, value):
+            self[key] = value
+
+        def __setitem__(self, key, value):
+            if key not in self:
+                if self._locked:
+                    raise AttributeError(f"Key '{key}' does not exist and the config is locked.")
+                super().__setitem__(key, ConfigDict(value) if isinstance(value, dict) else value)
+                return
+            current = self[key]
+            if current is not None and value is not None and type(current) is not type(value):
+                if isinstance(current, float) and isinstance(value, int):
+                    value = float(value)
+                elif isinstance(current, tuple | list) and isinstance(value, tuple | list):
+                    value = type(current)(value)
+                else:
+                    raise TypeError(f"Field '{key}' has type {type(current).__name__}.")
+            super().__setitem__(key, value)
+
+        def lock(self):
+            object.__setattr__(self, "_locked", True)
+            for value in self.values():
+                if isinstance(value, ConfigDict):
+                    value.lock()
+            return self
+
+        def unlock(self):
+            object.__setattr__(self, "_locked", False)
+            for value in self.values():
+                if isinstance(value, ConfigDict):
+                    value.unlock()
+            return self
+
+        def unlocked(self):
+            import contextlib
+
+            @contextlib.contextmanager
+            def scope():
+                was_locked = self._locked
+                self.unlock()
+                try:
+                    yield self
+                finally:
+                    if was_locked:
+                        self.lock()
+
+            return scope()
 
 # Keys that change how a run is carried out but not what it computes. A workdir may be resumed
 # with other values of these; any other difference stops the run.
@@ -61,7 +133,7 @@ def find_config_file(name_or_path: str) -> Path:
     raise UsageError(f"Unknown config '{name_or_path}'; {hint}")
 
 
-def load_config(name_or_path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+def load_config(name_or_path: str, arg: str | None = None) -> ConfigDict:
     """Imports a config file and returns its locked `get_config()`."""
     path = find_config_file(name_or_path)
     spec = importlib.util.spec_from_file_location(f"_protojax_config_{path.stem}", path)
@@ -72,8 +144,8 @@ def load_config(name_or_path: str, arg: str | None = None) -> ml_collections.Con
             f"Config file {path} has no get_config(); define one returning a ConfigDict."
         )
     config = module.get_config() if arg is None else module.get_config(arg)
-    if not isinstance(config, ml_collections.ConfigDict):
-        raise UsageError(f"get_config() in {path} must return an ml_collections.ConfigDict.")
+    if not isinstance(config, ConfigDict):
+        raise UsageError(f"get_config() in {path} must return an ConfigDict.")
     config.lock()
     return config
 
@@ -83,14 +155,14 @@ def leaf_keys(config: Mapping[str, Any], prefix: str = "") -> list[str]:
     keys = []
     for key, value in config.items():
         full = f"{prefix}{key}"
-        if isinstance(value, Mapping | ml_collections.ConfigDict):
+        if isinstance(value, Mapping | ConfigDict):
             keys.extend(leaf_keys(value, full + "."))
         else:
             keys.append(full)
     return keys
 
 
-def _unknown_key(config: ml_collections.ConfigDict, key: str) -> UsageError:
+def _unknown_key(config: ConfigDict, key: str) -> UsageError:
     close = difflib.get_close_matches(key, leaf_keys(config), n=3, cutoff=0.5)
     hint = (
         f"closest valid keys: {', '.join(close)}." if close else "see the config file for its keys."
@@ -139,18 +211,18 @@ def _parse(key: str, raw: Any, current: Any) -> Any:
     return value
 
 
-def set_value(config: ml_collections.ConfigDict, key: str, raw: Any) -> None:
+def set_value(config: ConfigDict, key: str, raw: Any) -> None:
     """Sets a dotted key, parsing strings by the type the config already has there."""
     *groups, leaf = key.split(".")
     node = config
     for group in groups:
-        if group not in node or not isinstance(node[group], ml_collections.ConfigDict):
+        if group not in node or not isinstance(node[group], ConfigDict):
             raise _unknown_key(config, key)
         node = node[group]
     if leaf not in node:
         raise _unknown_key(config, key)
     current = node[leaf]
-    if isinstance(current, ml_collections.ConfigDict):
+    if isinstance(current, ConfigDict):
         sub = ", ".join(f"{key}.{k}" for k in current.keys())
         raise UsageError(f"Config key '{key}' is a group; set one of {sub}.")
     value = _parse(key, raw, current)
@@ -170,17 +242,17 @@ def set_value(config: ml_collections.ConfigDict, key: str, raw: Any) -> None:
 
 
 def apply_overrides(
-    config: ml_collections.ConfigDict, overrides: Iterable[tuple[str, Any]]
+    config: ConfigDict, overrides: Iterable[tuple[str, Any]]
 ) -> None:
     for key, raw in overrides:
         set_value(config, key, raw)
 
 
-def to_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
+def to_dict(config: ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
     """A JSON-ready nested dict (tuples become lists)."""
     out = {}
     for key, value in config.items():
-        if isinstance(value, Mapping | ml_collections.ConfigDict):
+        if isinstance(value, Mapping | ConfigDict):
             out[key] = to_dict(value)
         elif isinstance(value, tuple):
             out[key] = list(value)
@@ -189,16 +261,16 @@ def to_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, 
     return out
 
 
-def to_json(config: ml_collections.ConfigDict) -> str:
+def to_json(config: ConfigDict) -> str:
     return json.dumps(to_dict(config), indent=2, sort_keys=True)
 
 
-def from_dict(data: Mapping[str, Any]) -> ml_collections.ConfigDict:
+def from_dict(data: Mapping[str, Any]) -> ConfigDict:
     """Rebuilds a locked ConfigDict from `to_dict` output."""
 
     def convert(value):
         if isinstance(value, Mapping):
-            return ml_collections.ConfigDict({k: convert(v) for k, v in value.items()})
+            return ConfigDict({k: convert(v) for k, v in value.items()})
         if isinstance(value, list):
             return tuple(convert(v) for v in value)
         return value

@@ -1,0 +1,100 @@
+"""The digits source and the input pipeline: splits, resizing, the deterministic training
+stream and ordered passes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from protojax.data import pipeline
+from protojax.data.base import ArraySplit
+from protojax.data.digits import load_digits, resize_bilinear
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(image_size=28)
+
+
+def test_digits_splits_are_the_standard_stratified_ones(digits):
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    sizes = {name: len(split) for name, split in digits.splits.items()}
+    assert sizes == {"train": 1293, "val": 144, "test": 360}
+    x, y = sk_digits(return_X_y=True)
+    _, _, _, y_test = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)
+    np.testing.assert_array_equal(digits.split("test").labels, y_test)
+    for split in digits.splits.values():
+        counts = np.bincount(split.labels, minlength=10)
+        assert counts.min() >= 0.8 * counts.mean()
+    batch = digits.split("train").get_batch(np.arange(5))
+    assert batch["image"].shape == (5, 28, 28, 1) and batch["image"].dtype == np.float32
+    assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+
+
+def test_bilinear_resize_matches_jax_image_resize():
+    images = np.random.default_rng(0).uniform(size=(3, 8, 8, 2)).astype(np.float32)
+    ours = resize_bilinear(images, 28)
+    reference = jax.image.resize(images, (3, 28, 28, 2), "bilinear", antialias=False)
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+
+
+def _split(n=50):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
+    return ArraySplit(images, np.arange(n) % 5)
+
+
+def test_training_stream_is_a_pure_function_of_seed_and_step():
+    split = _split()
+    full = list(pipeline.train_batches(split, seed=3, batch_size=8, start_step=0, end_step=12))
+    tail = list(pipeline.train_batches(split, seed=3, batch_size=8, start_step=7, end_step=12))
+    for a, b in zip(full[7:], tail, strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    # 50 // 8 = 6 steps per epoch; epoch e visits permutation(fold_in(key(3), e)).
+    for step, batch in enumerate(full):
+        epoch, position = divmod(step, 6)
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.key(3), epoch), 50))
+        np.testing.assert_array_equal(batch["index"], order[position * 8 : (position + 1) * 8])
+        expected = split.images[batch["index"]].astype(np.float32) / np.float32(255.0)
+        np.testing.assert_array_equal(batch["image"], expected)
+    epoch0 = np.concatenate([b["index"] for b in full[:6]])
+    assert len(set(epoch0)) == 48
+
+
+def test_ordered_pass_covers_every_example_once_with_padding():
+    split = _split(21)
+    batches = list(pipeline.ordered_batches(split, batch_size=8, normalization="symmetric"))
+    assert [b["image"].shape[0] for b in batches] == [8, 8, 8]
+    valid = np.concatenate([b["valid"] for b in batches])
+    index = np.concatenate([b["index"] for b in batches])[valid]
+    np.testing.assert_array_equal(index, np.arange(21))
+    assert valid.sum() == 21 and not valid[21:].any()
+    np.testing.assert_allclose(
+        batches[0]["image"], (split.images[:8] / 255.0 - 0.5) / 0.5, atol=1e-6
+    )
+
+
+def test_normalize_round_trip():
+    images = np.random.default_rng(0).uniform(size=(2, 3, 3, 3)).astype(np.float32)
+    mean = np.array([0.485, 0.456, 0.406], np.float32)
+    std = np.array([0.229, 0.224, 0.225], np.float32)
+    np.testing.assert_allclose(
+        pipeline.normalize(images, "imagenet"), (images - mean) / std, rtol=1e-6
+    )
+    for mode in ("none", "symmetric", "imagenet"):
+        back = pipeline.denormalize(pipeline.normalize(images, mode), mode)
+        np.testing.assert_allclose(back, images, atol=1e-6)
+
+
+def test_to_global_shards_along_data(digits):
+    from protojax.train import make_data_mesh
+
+    mesh = make_data_mesh(jax.devices()[:4])
+    local = next(pipeline.ordered_batches(digits.split("val"), batch_size=8))
+    batch = pipeline.to_global(local, mesh)
+    assert batch["image"].sharding.spec == jax.sharding.PartitionSpec("data")
+    assert len(batch["image"].addressable_shards) == 4
+    np.testing.assert_array_equal(jnp.asarray(batch["label"]), local["label"])
