@@ -12,10 +12,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from protojax.config import ConfigDict
 from protojax.data import pipeline
 from protojax.data.base import Dataset
 from protojax.errors import UsageError
@@ -33,7 +33,7 @@ def _eval_counts(method: Method, variables: Variables, batch) -> tuple[jax.Array
 class RunContext:
     """The run as seen from a method's `after`, `summarize` and `figures` hooks."""
 
-    config: ml_collections.ConfigDict
+    config: ConfigDict
     dataset: Dataset
     mesh: Mesh
     workdir: pathlib.Path

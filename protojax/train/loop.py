@@ -18,11 +18,11 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from protojax.config import ConfigDict
 from protojax.data import load_dataset, pipeline
 from protojax.data.base import Dataset
 from protojax.errors import DataError, NonFiniteError, UsageError
@@ -48,9 +48,9 @@ class TrainState:
     epoch_in_phase: jax.Array
 
 
-def default_config() -> ml_collections.ConfigDict:
+def default_config() -> ConfigDict:
     """The `config.train` section read by the engine."""
-    return ml_collections.ConfigDict(
+    return ConfigDict(
         {
             "epochs": 10,
             # float32, or bfloat16 compute with float32 parameters.
@@ -69,7 +69,7 @@ def default_config() -> ml_collections.ConfigDict:
     )
 
 
-def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+def compute_dtype(config: ConfigDict) -> jnp.dtype:
     precision = config.train.precision
     if precision not in ("float32", "bfloat16"):
         raise UsageError(f"train.precision must be float32 or bfloat16, got '{precision}'.")
@@ -110,11 +110,10 @@ class _Plan:
         return self.phase_start(len(self.phases))
 
 
-def _plan(method: Method, config, dataset: Dataset, params) -> _Plan:
+def _plan(method: Method, config, params, per_epoch: int) -> _Plan:
     phases = method.phases(config)
     if not phases:
         raise UsageError(f"Method '{method.name}' returned no phases; check train.epochs.")
-    per_epoch = pipeline.steps_per_epoch(dataset.split("train"), config.data.batch_size)
     optimizers, rules = {}, {}
     for phase in phases:
         if phase.optimizer in rules:
@@ -129,14 +128,14 @@ def _plan(method: Method, config, dataset: Dataset, params) -> _Plan:
     return _Plan(phases, per_epoch, optimizers)
 
 
-def _initial_state(method: Method, config, dataset: Dataset, mesh: Mesh):
+def initial_state(method: Method, config, dataset: Dataset, mesh: Mesh, steps_per_epoch: int):
     """(state, plan), with the state initialised and replicated on the mesh."""
     rng = jax.random.fold_in(jax.random.key(config.seed), 0)
     batch = _example_batch(dataset)
     variables = jax.jit(method.init, out_shardings=_replicated(mesh))(rng, batch)
     if "params" not in variables:
         raise UsageError(f"Method '{method.name}' init must return a dict with 'params'.")
-    plan = _plan(method, config, dataset, variables["params"])
+    plan = _plan(method, config, variables["params"], steps_per_epoch)
     opt_states = {
         name: jax.jit(tx.init, out_shardings=_replicated(mesh))(variables["params"])
         for name, tx in plan.optimizers.items()
@@ -149,7 +148,7 @@ def _initial_state(method: Method, config, dataset: Dataset, mesh: Mesh):
     return state, plan
 
 
-def _abstract(state: TrainState) -> TrainState:
+def abstract_state(state: TrainState) -> TrainState:
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
     )
@@ -158,18 +157,18 @@ def _abstract(state: TrainState) -> TrainState:
 def restore_variables(method: Method, config, dataset: Dataset, workdir: pathlib.Path):
     """The variables of a workdir's newest checkpoint, replicated on all local devices."""
     mesh = make_data_mesh(jax.local_devices())
-    state, _ = _initial_state(method, config, dataset, mesh)
+    state, _ = initial_state(method, config, dataset, mesh, steps_per_epoch=1)
     checkpointer = Checkpointer(workdir / wd.CHECKPOINTS)
     try:
         if checkpointer.latest() is None:
             raise DataError(f"{workdir} has no checkpoint yet; train first or wait for one.")
-        restored, _ = checkpointer.restore(_abstract(state))
+        restored, _ = checkpointer.restore(abstract_state(state))
     finally:
         checkpointer.close()
     return restored.variables
 
 
-def _make_step(method: Method, phase: Phase, tx, base_rng, accum: int):
+def make_train_step(method: Method, phase: Phase, tx, base_rng, accum: int):
     """The jit-able step `(state, batch) -> (state, metrics, finite_flags)`."""
 
     def loss_and_grad(params, rest, batch, rng):
@@ -262,7 +261,7 @@ class _Trainer:
         latest = self.checkpointer.latest()
         if latest is None:
             return state, {"step": 0, "phase_index": 0, "epoch_in_phase": 0}
-        restored, meta = self.checkpointer.restore(_abstract(state))
+        restored, meta = self.checkpointer.restore(abstract_state(state))
         self.save_index = meta["save_index"]
         self.ctx.records.update(meta.get("records", {}))
         self.train_seconds = meta.get("train_seconds", 0.0)
@@ -275,7 +274,7 @@ class _Trainer:
     def compiled_step(self, plan: _Plan, index: int):
         phase = plan.phases[index]
         if index not in self.steps:
-            step = _make_step(
+            step = make_train_step(
                 self.method,
                 phase,
                 plan.optimizers[phase.optimizer],
@@ -302,7 +301,10 @@ class _Trainer:
     # --- the loop --------------------------------------------------------------------
     def run(self) -> dict[str, Any] | None:
         self.started = time.perf_counter()
-        state, plan = _initial_state(self.method, self.config, self.dataset, self.mesh)
+        per_epoch = pipeline.steps_per_epoch(
+            self.dataset.split("train"), self.config.data.batch_size
+        )
+        state, plan = initial_state(self.method, self.config, self.dataset, self.mesh, per_epoch)
         state, host = self.restore(state)
         step, phase_index, epoch_in_phase = (
             host["step"],
@@ -330,7 +332,7 @@ class _Trainer:
                 if stopped:
                     return None
                 epoch_in_phase += 1
-                self.end_of_epoch(state, plan, phase_index, epoch_in_phase, step)
+                state = self.end_of_epoch(state, plan, phase_index, epoch_in_phase, step)
                 if stop_after and step >= stop_after:
                     if epoch_in_phase < phase.epochs:
                         self.checkpointer.wait()
@@ -339,9 +341,7 @@ class _Trainer:
                     progress.close()
                     return None
             if phase.after is not None:
-                self.ctx.step = step
-                variables = phase.after(state.variables, self.ctx)
-                state = state.replace(variables=jax.device_put(variables, self.replicated))
+                state = self.apply_op(state, phase.after, step)
             phase_index, epoch_in_phase = phase_index + 1, 0
             self.save(state, self._host(step, phase_index, 0))
         progress.close()
@@ -426,7 +426,13 @@ class _Trainer:
             record["train_images_per_sec"] = self.train_images / self.train_seconds
         self.writer.write(record)
 
-    def end_of_epoch(self, state, plan: _Plan, phase_index, epoch_in_phase, step) -> None:
+    def apply_op(self, state: TrainState, op, step: int) -> TrainState:
+        """Runs a phase's `after` or `after_epoch` operation on the variables."""
+        self.ctx.step = step
+        variables = op(state.variables, self.ctx)
+        return state.replace(variables=jax.device_put(variables, self.replicated))
+
+    def end_of_epoch(self, state, plan: _Plan, phase_index, epoch_in_phase, step) -> TrainState:
         phase = plan.phases[phase_index]
         record = {
             "kind": "epoch",
@@ -445,11 +451,14 @@ class _Trainer:
         if every and (step // plan.steps_per_epoch) % every == 0 and "val" in self.dataset.splits:
             record["val_accuracy"] = self.ctx.evaluate(state.variables, "val")
         self.writer.write(record)
+        if phase.after_epoch is not None:
+            state = self.apply_op(state, phase.after_epoch, step)
         if epoch_in_phase < phase.epochs and (
             not self.config.train.checkpoint_every_steps
             or step % self.config.train.checkpoint_every_steps == 0
         ):
             self.save(state, self._host(step, phase_index, epoch_in_phase))
+        return state
 
     def finish(self, state: TrainState, step: int) -> dict[str, Any]:
         variables = state.variables
@@ -485,7 +494,7 @@ class _Trainer:
 
 def run(
     method: Method | None,
-    config: ml_collections.ConfigDict,
+    config: ConfigDict,
     workdir: str | pathlib.Path,
     mesh: Mesh | None = None,
     *,

@@ -43,6 +43,8 @@ class Phase:
       update_batch_stats: when false, BatchNorm statistics are left as they are; the method
         should also normalise with running averages then.
       after: `after(variables, ctx) -> variables`, run once after the phase's last epoch.
+      after_epoch: the same, run after every epoch of the phase (after its validation), for
+        per-epoch diagnostics (`ctx.log`) or edits such as eliminating unused prototypes.
     """
 
     name: str
@@ -51,6 +53,7 @@ class Phase:
     trainable: tuple[tuple[str, TxFactory], ...]
     update_batch_stats: bool = True
     after: AfterOp | None = None
+    after_epoch: AfterOp | None = None
 
 
 class Method(abc.ABC):

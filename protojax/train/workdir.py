@@ -8,9 +8,9 @@ import pathlib
 from typing import Any
 
 import jax
-import ml_collections
 
 from protojax import config as config_lib
+from protojax.config import ConfigDict
 from protojax.data.base import Dataset
 from protojax.errors import WorkdirError
 
@@ -26,7 +26,7 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-def prepare(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> bool:
+def prepare(workdir: pathlib.Path, config: ConfigDict) -> bool:
     """Creates the workdir or checks that it belongs to this config; True if it existed.
 
     Raises:
