@@ -34,6 +34,9 @@ def default_config() -> ml_collections.ConfigDict:
             "val_split": "",
             "test_split": "test",
             "val_fraction": 0.1,
+            # Held out of train as test where a source has none (folder without test/, a
+            # TFDS dataset with only a train split).
+            "test_fraction": 0.2,
             "split_seed": 0,
             # Host threads that assemble batches.
             "num_workers": 2,
@@ -48,6 +51,15 @@ def default_config() -> ml_collections.ConfigDict:
                 "num_val": 500,
                 "num_test": 1000,
                 "shortcut": False,
+                "seed": 0,
+                "num_classes": 6,  # the first K of disc, square, triangle, cross, star, ring
+                "num_distractors": 6,  # most distractors per image; at least half are drawn
+            },
+            # Rows of each <category>_small.npy: the first train_per_class are train, the
+            # next test_per_class are test (ProtoVAE's 8,000 / 2,000).
+            "quickdraw": {
+                "train_per_class": 8000,
+                "test_per_class": 2000,
             },
         }
     )

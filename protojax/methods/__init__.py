@@ -7,13 +7,12 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-import ml_collections
-
+from protojax.config import ConfigDict
 from protojax.data.base import Dataset
 from protojax.errors import UsageError
 from protojax.train.protocol import Method
 
-METHODS = ("blackbox",)
+METHODS = ("blackbox", "protopnet", "protovae", "pantypes")
 
 
 def method_module(name: str) -> ModuleType:
@@ -24,7 +23,7 @@ def method_module(name: str) -> ModuleType:
     return importlib.import_module(f"protojax.methods.{name}")
 
 
-def build_method(config: ml_collections.ConfigDict, dataset: Dataset) -> Method:
+def build_method(config: ConfigDict, dataset: Dataset) -> Method:
     """The method named by `config.method`, built for `dataset`'s classes and image shape."""
     return method_module(config.method).build(config, dataset)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
+from protojax.config import ConfigDict
 from protojax.data.base import Dataset
 from protojax.methods.common import accuracy, class_logit, cross_entropy
 from protojax.nn import backbone_by_name
@@ -16,12 +16,12 @@ from protojax.train.loop import compute_dtype
 from protojax.train.protocol import Method, Phase
 
 
-def default_model_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({"backbone": "small_cnn", "stem": "imagenet"})
+def default_model_config() -> ConfigDict:
+    return ConfigDict({"backbone": "small_cnn", "stem": "imagenet"})
 
 
-def default_optim_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(
+def default_optim_config() -> ConfigDict:
+    return ConfigDict(
         {
             "kind": "adam",
             "lr": 1e-3,
@@ -34,7 +34,7 @@ def default_optim_config() -> ml_collections.ConfigDict:
     )
 
 
-def schedule_from_config(optim_config: ml_collections.ConfigDict, epochs: int):
+def schedule_from_config(optim_config: ConfigDict, epochs: int):
     """The epoch schedule named by `optim.schedule`."""
     name = optim_config.schedule
     if name == "constant":
@@ -75,7 +75,7 @@ class BlackBoxNet(nn.Module):
 class BlackBox(Method):
     name = "blackbox"
 
-    def __init__(self, config: ml_collections.ConfigDict, dataset: Dataset):
+    def __init__(self, config: ConfigDict, dataset: Dataset):
         self.config = config
         self.num_classes = dataset.num_classes
         self.net = BlackBoxNet(
@@ -139,5 +139,5 @@ class BlackBox(Method):
         return jnp.take_along_axis(logits, classes[:, None], axis=1)[:, 0]
 
 
-def build(config: ml_collections.ConfigDict, dataset: Dataset) -> BlackBox:
+def build(config: ConfigDict, dataset: Dataset) -> BlackBox:
     return BlackBox(config, dataset)
