@@ -208,6 +208,7 @@ def make_train_step(method: Method, phase: Phase, tx, base_rng, accum: int):
         if not phase.update_batch_stats and "batch_stats" in rest:
             new_rest["batch_stats"] = rest["batch_stats"]
         updates, opt_state = tx.update(grads, state.opt_states[phase.optimizer], params)
+        updates = method.mask_updates(updates, rest)
         params = optax.apply_updates(params, updates)
         flags = {name: jnp.isfinite(value) for name, value in metrics.items()}
         flags["parameter_update"] = jnp.all(
@@ -243,8 +244,8 @@ class _Trainer:
     # --- checkpoints -----------------------------------------------------------------
     def save(self, state: TrainState, host: dict) -> None:
         state = state.replace(
-            phase_index=jnp.int32(host["phase_index"]),
-            epoch_in_phase=jnp.int32(host["epoch_in_phase"]),
+            phase_index=jax.device_put(np.int32(host["phase_index"]), self.replicated),
+            epoch_in_phase=jax.device_put(np.int32(host["epoch_in_phase"]), self.replicated),
         )
         self.save_index += 1
         meta = {
@@ -305,6 +306,9 @@ class _Trainer:
             self.dataset.split("train"), self.config.data.batch_size
         )
         state, plan = initial_state(self.method, self.config, self.dataset, self.mesh, per_epoch)
+        if self.checkpointer.latest() is None:
+            variables = self.method.load_pretrained(state.variables)
+            state = state.replace(variables=jax.device_put(variables, self.replicated))
         state, host = self.restore(state)
         step, phase_index, epoch_in_phase = (
             host["step"],

@@ -1,0 +1,136 @@
+"""One data-parallel path for every device count: the same run on 1 and 4 devices, and on
+two processes of 2 devices each, ends with the same parameters."""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from protojax.config import load_config, set_value
+from protojax.data.digits import load_digits
+from protojax.methods import build_method
+from protojax.train import make_data_mesh, run
+from protojax.train.loop import restore_variables
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def small_config(steps):
+    config = load_config("blackbox_digits")
+    for key, value in [
+        ("data.image_size", 8),
+        ("data.batch_size", 32),
+        ("data.eval_batch_size", 128),
+        ("train.stop_after_steps", steps),
+        ("train.progress", False),
+        ("train.log_every_steps", 5),
+    ]:
+        set_value(config, key, value)
+    return config
+
+
+def assert_close_per_leaf(a, b, rtol=1e-5):
+    """Each leaf agrees within rtol relative to its largest magnitude."""
+    for (path, x), (_, y) in zip(
+        jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]
+    ):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        scale = max(np.abs(x).max(), 1e-12)
+        assert np.abs(x - y).max() <= rtol * scale, jax.tree_util.keystr(path)
+
+
+@pytest.fixture(scope="module")
+def digits8():
+    return load_digits(image_size=8)
+
+
+@pytest.fixture(scope="module")
+def four_device_params(tmp_path_factory, digits8):
+    config = small_config(10)
+    workdir = tmp_path_factory.mktemp("four")
+    run(None, config, workdir, make_data_mesh(jax.devices()[:4]), dataset=digits8)
+    method = build_method(config, digits8)
+    return restore_variables(method, config, digits8, workdir)
+
+
+def test_one_and_four_devices_give_the_same_parameters(tmp_path, digits8, four_device_params):
+    config = small_config(10)
+    run(None, config, tmp_path, make_data_mesh(jax.devices()[:1]), dataset=digits8)
+    one = restore_variables(build_method(config, digits8), config, digits8, tmp_path)
+    assert_close_per_leaf(one, four_device_params)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+WORKER = """
+import json, sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(
+    coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2])
+)
+sys.path.insert(0, sys.argv[4])
+from test_train_devices import small_config  # noqa: E402
+from protojax.data.digits import load_digits
+from protojax.train import make_data_mesh, run
+
+assert jax.process_count() == 2 and len(jax.devices()) == 4 and len(jax.local_devices()) == 2
+run(None, small_config(5), sys.argv[3], make_data_mesh(), dataset=load_digits(image_size=8))
+print("done", jax.process_index())
+"""
+
+
+def test_two_processes_match_one_process_with_four_devices(tmp_path, digits8):
+    """jax.distributed on loopback with the gloo CPU collectives: 2 processes × 2 devices."""
+    address = f"127.0.0.1:{_free_port()}"
+    workdir = tmp_path / "two"
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(ROOT),
+    }
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                WORKER,
+                address,
+                str(i),
+                str(workdir),
+                str(ROOT / "tests/train"),
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for i, (proc, out) in enumerate(zip(procs, outputs)):
+        assert proc.returncode == 0, f"process {i} failed:\n{out[-3000:]}"
+        assert f"done {i}" in out
+    config = small_config(5)
+    single = tmp_path / "single"
+    run(None, config, single, make_data_mesh(jax.devices()[:4]), dataset=digits8)
+    method = build_method(config, digits8)
+    expected = restore_variables(method, config, digits8, single)
+    got = restore_variables(method, config, digits8, workdir)
+    assert_close_per_leaf(got, expected)
+    steps = [
+        json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == [5], "only process 0 writes metrics.jsonl, once per logged step"
