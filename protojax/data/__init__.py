@@ -7,17 +7,16 @@ tensorflow_datasets are imported lazily, only by the functions that need them.
 
 from __future__ import annotations
 
-import ml_collections
-
+from protojax.config import ConfigDict
 from protojax.data.base import ArraySplit, Dataset, Split, stratified_split
 from protojax.errors import UsageError
 
 SOURCES = ("digits", "shapes", "tfds:NAME", "folder:PATH", "quickdraw:PATH")
 
 
-def default_config() -> ml_collections.ConfigDict:
+def default_config() -> ConfigDict:
     """The `config.data` section shared by every experiment."""
-    return ml_collections.ConfigDict(
+    return ConfigDict(
         {
             "name": "digits",
             # Root for tfds (default ~/tensorflow_datasets), folder and quickdraw sources.
@@ -65,7 +64,7 @@ def default_config() -> ml_collections.ConfigDict:
     )
 
 
-def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
+def load_dataset(config: ConfigDict) -> Dataset:
     """Builds the dataset named by `config.name` (see `SOURCES`)."""
     name = config.name
     if name == "digits":
