@@ -47,7 +47,8 @@ def describe(config) -> Dataset:
         from protojax.data.shapes import KINDS
 
         h, w = _square(size, (64, 64), name)
-        return Dataset("shapes", len(KINDS), tuple(KINDS), (h, w, 3), {})
+        kinds = KINDS[: config.shapes.num_classes]
+        return Dataset("shapes", len(kinds), kinds, (h, w, 3), {})
     if name.startswith("tfds:"):
         tfds_name = name[len("tfds:") :].split("/")[0].split(":")[0]
         if tfds_name not in TFDS_SPECS:

@@ -98,3 +98,19 @@ def test_to_global_shards_along_data(digits):
     assert batch["image"].sharding.spec == jax.sharding.PartitionSpec("data")
     assert len(batch["image"].addressable_shards) == 4
     np.testing.assert_array_equal(jnp.asarray(batch["label"]), local["label"])
+
+
+def test_pipeline_outpaces_the_blackbox_digits_train_step():
+    """The input pipeline alone delivers more images/s than the train step consumes.
+
+    Both rates are measured back to back in this process (medians of a few steps), so the
+    comparison holds on any machine; recorded figures are in benchmarks/.
+    """
+    from experiments.benchmark import benchmark, pipeline_throughput
+    from protojax.config import load_config, set_value
+
+    config = load_config("blackbox_digits")
+    set_value(config, "data.batch_size", 64)
+    feed = pipeline_throughput(config, steps=10)["pipeline_images_per_sec"]
+    step = benchmark(config, steps=3, warmup=1)["train_images_per_sec"]
+    assert feed > step, (feed, step)
