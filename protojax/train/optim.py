@@ -32,7 +32,7 @@ def step_decay(step_size: int, gamma: float, *, offset: int = 0) -> EpochSchedul
 
     `offset=1` reproduces a StepLR stepped before, rather than after, each epoch.
     """
-    return lambda epoch: gamma ** ((epoch + offset) // step_size).astype(jnp.float32)
+    return lambda epoch: gamma ** jnp.asarray((epoch + offset) // step_size, jnp.float32)
 
 
 def cosine(total_epochs: int, *, final: float = 0.0) -> EpochSchedule:

@@ -98,6 +98,19 @@ class Method(abc.ABC):
         `jax.tree_util.Partial` whose leaves are the variables, so that new variables do
         not recompile."""
 
+    def mask_updates(self, updates: Any, state: Variables) -> Any:
+        """Edits the optimizer's parameter updates (shaped like `params`) before they are
+        applied; `state` holds the non-trainable collections. The default keeps them. A method
+        that deactivates parameters (eliminated or pruned prototypes) zeroes their updates
+        here: their gradient is zero, but Adam's moments would keep moving them."""
+        del state
+        return updates
+
+    def load_pretrained(self, variables: Variables) -> Variables:
+        """Pretrained weights for a fresh run's initial variables (called outside jit, once,
+        before the first step; never on resume nor by `load_workdir`). Default: unchanged."""
+        return variables
+
     def summarize(self, variables: Variables, ctx: RunContext) -> dict[str, Any]:
         """Method-specific keys for `summary.json` (computed once training ends)."""
         del variables, ctx
