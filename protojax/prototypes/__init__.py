@@ -1,10 +1,53 @@
-"""Shared prototype kernels: distances and similarities, k-means, diversity terms, channels."""
+"""Shared prototype kernels: distances and similarities, k-means, diversity terms, channels.
 
+Submodules: `distances`, `kmeans`, `diversity`, `channels`. The distance, diversity and
+channel functions are also importable from the package itself. k-means is not: the
+function `kmeans` shares its module's name, so `protojax.prototypes.kmeans` is always the
+module, and the function is imported from it:
+
+    from protojax.prototypes.kmeans import kmeans, kmeans_predict
+    # or
+    from protojax.prototypes import kmeans
+    result = kmeans.kmeans(x, k, rng)
+"""
+
+from protojax.prototypes import channels, distances, diversity, kmeans
+from protojax.prototypes.channels import MxPoolResult, mx_pool, orthogonal_unmixing
 from protojax.prototypes.distances import (
     l2_distances,
     log_similarity,
     min_over_patches,
     squared_l2_distances,
 )
+from protojax.prototypes.diversity import (
+    PrototypeUsage,
+    coverage,
+    coverage_sample,
+    davies_bouldin,
+    inverse_volume_loss,
+    orthonormality_loss,
+    prototype_log_volume,
+    prototype_usage,
+)
 
-__all__ = ["l2_distances", "log_similarity", "min_over_patches", "squared_l2_distances"]
+__all__ = [
+    "MxPoolResult",
+    "PrototypeUsage",
+    "channels",
+    "coverage",
+    "coverage_sample",
+    "davies_bouldin",
+    "distances",
+    "diversity",
+    "inverse_volume_loss",
+    "kmeans",
+    "l2_distances",
+    "log_similarity",
+    "min_over_patches",
+    "mx_pool",
+    "orthogonal_unmixing",
+    "orthonormality_loss",
+    "prototype_log_volume",
+    "prototype_usage",
+    "squared_l2_distances",
+]
