@@ -33,7 +33,7 @@ def last_line(result):
     [
         (
             ["--config=blackbox_digitz"],
-            "Unknown config 'blackbox_digitz'; did you mean blackbox_digits?",
+            "Unknown config 'blackbox_digitz'; did you mean blackbox_digits",
         ),
         (
             ["--config=blackbox_digits", "--config.train.epoch=2"],

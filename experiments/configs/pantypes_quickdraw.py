@@ -1,0 +1,29 @@
+"""Pantypes on the 10-class QuickDraw set (quickdraw:PATH): 10 per class, 100 epochs.
+
+Command: python -m experiments.train --config=pantypes_quickdraw --config.data.data_dir=DIR
+Runtime: about 45 hours on 2 CPU cores (from the benchmarked step rate); GPU not measured.
+Expected: test_accuracy close to ProtoVAE's 0.875.
+
+Latent size, prototypes, batch and epochs follow the paper's appendix (Tables 2 and 3)
+(METHODS.md §3.3); loss weights 1, 1, 1 and 1 for the volume term (orthonormality 0);
+inputs are in [-1, 1].
+
+data.name = quickdraw:quickdraw is relative, so the files are read from
+DIR/quickdraw/<category>_small.npy (rows 0-7,999 train, 8,000-9,999 test per class).
+"""
+
+from experiments.configs.common import base_config
+
+
+def get_config():
+    config = base_config("pantypes")
+    config.data.name = "quickdraw:quickdraw"
+    config.data.image_size = 28
+    config.data.normalization = "symmetric"
+    config.data.batch_size = 128
+    config.model.arch = "quickdraw"
+    config.model.latent_dim = 512
+    config.model.prototypes_per_class = 10
+    config.optim.lr = 1e-3
+    config.train.epochs = 100
+    return config
