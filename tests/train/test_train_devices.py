@@ -36,13 +36,13 @@ def small_config(steps):
 
 
 def assert_close_per_leaf(a, b, rtol=1e-5):
-    """Each leaf agrees within rtol relative to its largest magnitude."""
+    """Each leaf agrees within rtol relative: ‖x − y‖ ≤ rtol · ‖x‖ (Frobenius norms)."""
     for (path, x), (_, y) in zip(
         jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]
     ):
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        scale = max(np.abs(x).max(), 1e-12)
-        assert np.abs(x - y).max() <= rtol * scale, jax.tree_util.keystr(path)
+        error, scale = np.linalg.norm(x - y), max(np.linalg.norm(x), 1e-12)
+        assert error <= rtol * scale, (jax.tree_util.keystr(path), error / scale)
 
 
 @pytest.fixture(scope="module")

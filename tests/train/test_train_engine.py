@@ -178,7 +178,10 @@ def test_optimizer_state_persists_across_revisits(uninterrupted, digits8):
 
 def test_frozen_parameters_do_not_move(tmp_path, digits8, mesh2):
     """Phase 'first' trains only a/*: b/* must be bitwise unchanged until its after op."""
-    init = Toy().init(jax.random.fold_in(jax.random.key(0), 0), {"image": jnp.zeros((2, 8, 8, 1))})
+    with jax.threefry_partitionable(False):  # as the engine initialises
+        init = Toy().init(
+            jax.random.fold_in(jax.random.key(0), 0), {"image": jnp.zeros((2, 8, 8, 1))}
+        )
     run(Toy(), toy_config(stop_after_steps=20), tmp_path, mesh2, dataset=digits8)
     variables = _restore(tmp_path, digits8)
     np.testing.assert_array_equal(variables["params"]["b"]["kernel"], init["params"]["b"]["kernel"])
