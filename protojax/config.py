@@ -91,6 +91,7 @@ except ImportError:  # pragma: no cover - exercised in a subprocess test
 
             return scope()
 
+
 # Keys that change how a run is carried out but not what it computes. A workdir may be resumed
 # with other values of these; any other difference stops the run.
 RUNTIME_KEYS = frozenset(
@@ -241,9 +242,7 @@ def set_value(config: ConfigDict, key: str, raw: Any) -> None:
         ) from None
 
 
-def apply_overrides(
-    config: ConfigDict, overrides: Iterable[tuple[str, Any]]
-) -> None:
+def apply_overrides(config: ConfigDict, overrides: Iterable[tuple[str, Any]]) -> None:
     for key, raw in overrides:
         set_value(config, key, raw)
 
