@@ -51,22 +51,23 @@ def schedule_from_config(optim_config: ConfigDict, epochs: int):
 class BlackBoxNet(nn.Module):
     """`[B, H, W, C]` → (logits `[B, K]`, pooled features `[B, c]`)."""
 
-    backbone: str
+    backbone_name: str
     stem: str
     num_classes: int
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        self.features = backbone_by_name(self.backbone, stem=self.stem, dtype=self.dtype)
+        # Named `backbone`, as in every method, so its weights can seed another method.
+        self.backbone = backbone_by_name(self.backbone_name, stem=self.stem, dtype=self.dtype)
         self.head = nn.Dense(self.num_classes, dtype=jnp.float32)
 
     def __call__(self, images: jax.Array, *, train: bool = False):
-        feature_map = self.features(images, train=train)  # [B, h, w, c]
+        feature_map = self.backbone(images, train=train)  # [B, h, w, c]
         pooled = jnp.mean(feature_map.astype(jnp.float32), axis=(1, 2))
         return self.head(pooled), pooled
 
     def feature_map(self, images: jax.Array) -> jax.Array:
-        return self.features(images, train=False)
+        return self.backbone(images, train=False)
 
     def classify(self, feature_map: jax.Array) -> jax.Array:
         return self.head(jnp.mean(feature_map.astype(jnp.float32), axis=(1, 2)))

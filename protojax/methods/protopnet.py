@@ -36,7 +36,6 @@ its prototypes' images and an `index.json` under `figures/prototypes/push_NN/`.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import pathlib
 from typing import Any, NamedTuple
@@ -49,8 +48,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from protojax.config import ConfigDict
 from protojax.data.base import Dataset
-from protojax.errors import CheckpointError, UsageError
-from protojax.methods.common import accuracy, class_logit, cross_entropy, masked_mean
+from protojax.errors import UsageError
+from protojax.methods.common import (
+    accuracy,
+    class_logit,
+    cross_entropy,
+    load_backbone,
+    masked_mean,
+)
 from protojax.nn import backbone_by_name, feature_channels
 from protojax.nn.receptive_field import receptive_field_boxes
 from protojax.prototypes import log_similarity, min_over_patches, squared_l2_distances
@@ -67,8 +72,6 @@ from protojax.prototypes.projection import (
 from protojax.train import optim
 from protojax.train.loop import compute_dtype
 from protojax.train.protocol import Method, Phase
-
-log = logging.getLogger("protojax")
 
 ADD_ON_KINDS = ("regular", "bottleneck")
 PROTOTYPE_IMAGES = "prototypes"
@@ -468,19 +471,9 @@ class ProtoPNet(Method):
         m = self.config.model
         if not m.backbone_weights:
             return variables
-        path = pathlib.Path(m.backbone_weights)
-        if not path.is_file():
-            if m.allow_random_init:
-                log.warning("No backbone weights at %s; training from a random backbone.", path)
-                return variables
-            raise CheckpointError(
-                f"No backbone weights at {path}; convert ImageNet weights with `python -m "
-                f"experiments.convert_weights --arch={m.backbone} --torch_checkpoint=PTH "
-                f"--out={path}`, or set model.allow_random_init=True to train from scratch."
-            )
-        from protojax.nn.weights import load_variables
-
-        return load_variables(path, like=variables, scope="backbone")
+        return load_backbone(
+            variables, m.backbone_weights, arch=m.backbone, allow_random_init=m.allow_random_init
+        )
 
     def loss(self, params, state, batch, rng, phase):
         del rng

@@ -232,3 +232,38 @@ def test_missing_backbone_weights_stop_with_the_command(tmp_path):
         ):
             np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(loaded["params"]["prototypes"], fresh["params"]["prototypes"])
+
+
+def test_backbone_seeded_from_a_black_box_workdir(tmp_path):
+    """`model.backbone_weights` may name a trained black box's workdir (same backbone)."""
+    from protojax.data.digits import load_digits
+    from protojax.train import make_data_mesh, run
+    from protojax.train.loop import restore_variables
+
+    digits = load_digits(image_size=8)
+    donor_config = load_config("blackbox_digits")
+    for key, value in [
+        ("data.image_size", 8),
+        ("train.stop_after_steps", 2),
+        ("train.progress", False),
+        ("model.backbone", load_config("protopnet_digits").model.backbone),
+    ]:
+        set_value(donor_config, key, value)
+    run(None, donor_config, tmp_path / "bb", make_data_mesh(jax.devices()[:1]), dataset=digits)
+    donor = restore_variables(
+        build_method(donor_config, digits), donor_config, digits, tmp_path / "bb"
+    )
+
+    config = load_config("protopnet_digits")
+    set_value(config, "data.image_size", 8)
+    set_value(config, "model.backbone_weights", str(tmp_path / "bb"))
+    method = build_method(config, digits)
+    fresh = method.init(jax.random.key(0), {"image": np.zeros((2, 8, 8, 1), np.float32)})
+    seeded = method.load_pretrained(fresh)
+    for collection in ("params", "batch_stats"):
+        jax.tree.map(
+            np.testing.assert_array_equal,
+            seeded[collection]["backbone"],
+            donor[collection]["backbone"],
+        )
+    np.testing.assert_array_equal(seeded["params"]["prototypes"], fresh["params"]["prototypes"])

@@ -245,6 +245,7 @@ def test_truncated_checkpoint_is_a_clear_error_and_nothing_is_deleted(tmp_path, 
     assert sorted(str(p) for p in checkpoints.rglob("*")) == listing
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, digits8, mesh2):
     run(Toy(), toy_config(stop_after_steps=5), tmp_path, mesh2, dataset=digits8)
     with pytest.raises(CheckpointError, match="another model|does not match"):
