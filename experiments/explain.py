@@ -57,23 +57,23 @@ class _PrototypeViews:
                 self.boxes[int(j)] = high_activation_box(maps[row])
 
     def source(self, j: int) -> np.ndarray:
-        from protojax.methods.protopnet import to_rgb
+        from protojax.imaging import to_rgb
 
         return to_rgb(self.sources[j])
 
     def patch(self, j: int) -> np.ndarray:
-        from protojax.methods.protopnet import crop, to_rgb
+        from protojax.imaging import crop, to_rgb
 
         return crop(to_rgb(self.sources[j]), self.boxes[j])
 
 
 def _show(ax, image, title: str = "", box=None) -> None:
-    """Shows an image (pixel-exact), with box (y0, y1, x0, x1) outlined on top of it."""
+    """Shows an image (pixel-exact), with box (y0, x0, y1, x1) outlined on top of it."""
     from matplotlib.patches import Rectangle
 
     ax.imshow(np.clip(image, 0, 1), interpolation="nearest")
     if box is not None:
-        y0, y1, x0, x1 = (int(v) for v in box)
+        y0, x0, y1, x1 = (int(v) for v in box)
         # Pixel i spans [i − 0.5, i + 0.5] in imshow's coordinates.
         ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=2, ec=YELLOW))
     ax.set_xticks([])
@@ -93,7 +93,7 @@ def explain_protopnet(
     import matplotlib.pyplot as plt
 
     from protojax.data.pipeline import normalize
-    from protojax.methods.protopnet import overlay_heatmap, to_rgb
+    from protojax.imaging import overlay_heatmap, to_rgb
     from protojax.prototypes.projection import high_activation_box, upsample_activation
 
     state = variables["prototype_state"]

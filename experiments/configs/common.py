@@ -19,3 +19,62 @@ def base_config(method: str) -> ConfigDict:
             "train": train_config(),
         }
     )
+
+
+# The data set-ups of the official ProtoVAE and Pantypes code (METHODS.md §2.1–2.3, §3.3):
+# source, image size, encoder/decoder pair, latent size, batch, and CIFAR's augmentation
+# (horizontal flip and a 2-px padded crop; its ColorJitter() without arguments is a no-op).
+_VAE_DATA = {
+    "digits": ("digits", 28, "mnist", 32, 32),
+    "mnist": ("tfds:mnist", 28, "mnist", 256, 128),
+    "fmnist": ("tfds:fashion_mnist", 28, "mnist", 256, 128),
+    "cifar": ("tfds:cifar10", 32, "cifar10", 512, 128),
+    "svhn": ("tfds:svhn_cropped", 32, "svhn", 512, 64),
+    "quickdraw": ("quickdraw:quickdraw", 28, "quickdraw", 512, 128),
+}
+
+
+def vae_config(method: str, dataset: str, *, prototypes_per_class: int, epochs: int) -> ConfigDict:
+    """A ProtoVAE or Pantypes config on one of `_VAE_DATA`'s set-ups; inputs in [-1, 1]."""
+    source, image_size, arch, latent_dim, batch_size = _VAE_DATA[dataset]
+    config = base_config(method)
+    config.data.name = source
+    config.data.image_size = image_size
+    config.data.normalization = "symmetric"
+    config.data.batch_size = batch_size
+    if dataset == "cifar":
+        config.data.augment.hflip = True
+        config.data.augment.crop_padding = 2
+    config.model.arch = arch
+    config.model.latent_dim = latent_dim
+    config.model.prototypes_per_class = prototypes_per_class
+    config.optim.lr = 1e-3
+    config.train.epochs = epochs
+    return config
+
+
+def protopnet_fine_grained_config(source: str) -> ConfigDict:
+    """ProtoPNet at 224 px with ResNet-34 as the official CUB code runs it (METHODS.md §1):
+    box-cropped images, anisotropic resize, ImageNet normalisation, batch 80/100/75, 10
+    prototypes of depth 256 per class, the official stages, and ×30 online augmentation passes
+    standing in for the official offline Augmentor copies."""
+    config = base_config("protopnet")
+    config.data.name = source
+    config.data.crop_to_box = True
+    config.data.image_size = 224
+    config.data.batch_size = 80
+    config.data.eval_batch_size = 100
+    config.data.normalization = "imagenet"
+    config.data.val_split = "test"
+    config.data.augment.rotation_degrees = 15.0
+    config.data.augment.hflip = True
+    config.model.backbone = "resnet34"
+    config.model.backbone_weights = "weights/resnet34_imagenet.npz"
+    config.model.prototypes_per_class = 10
+    config.model.prototype_dim = 256
+    config.model.add_on_layers = "regular"
+    config.model.push_batch_size = 75
+    config.model.passes_per_epoch = 30
+    config.train.epochs = 31
+    config.train.eval_every_epochs = 30
+    return config

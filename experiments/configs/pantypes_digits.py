@@ -11,17 +11,8 @@ prototype_log_volume; --config.model.eliminate_at_epoch=E eliminates the out-of-
 prototypes after epoch E. Figures as protovae_digits, eliminated prototypes crossed out.
 """
 
-from experiments.configs.common import base_config
+from experiments.configs.common import vae_config
 
 
 def get_config():
-    config = base_config("pantypes")
-    config.data.name = "digits"
-    config.data.image_size = 28
-    config.data.normalization = "symmetric"
-    config.data.batch_size = 32
-    config.model.arch = "mnist"
-    config.model.latent_dim = 32
-    config.model.prototypes_per_class = 5
-    config.train.epochs = 15
-    return config
+    return vae_config("pantypes", "digits", prototypes_per_class=5, epochs=15)

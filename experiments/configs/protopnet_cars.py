@@ -10,12 +10,12 @@ official ensemble); regular add-on layers; warm 5, push from epoch 10 every 10 e
 last-layer epochs after each push; Adam lrs and StepLR(5, 0.1) from settings.py; ImageNet
 normalisation and an anisotropic resize to 224×224.
 
-Differences from the official data, to know when comparing: the images are the full TFDS
-images, not cropped to the car's box; and the official ×30 offline Augmentor copy (rotation
-±15°, skew, shear, flips) is replaced by online rotation ±15° and flips, with one ProtoPNet
-epoch = 30 passes (model.passes_per_epoch) so that every stage keeps its official number of
-steps. The test split is evaluated once per ProtoPNet epoch as the official code does (it is
-data.val_split; nothing is selected on it).
+Differences from the official data, to know when comparing: the TFDS images are cropped to the
+car's box (data.crop_to_box), as the official preprocessing does, but the official ×30 offline
+Augmentor copy (rotation ±15°, skew, shear, flips) is replaced by online rotation ±15° and
+flips, with one ProtoPNet epoch = 30 passes (model.passes_per_epoch) so that every stage keeps
+its official number of steps. The test split is evaluated once per ProtoPNet epoch as the
+official code does (it is data.val_split; nothing is selected on it).
 
 Without the converted weights file the run stops and names the conversion command; pass
 --config.model.allow_random_init=true to train from scratch.
@@ -27,26 +27,8 @@ ProtoPNet epochs plus 3 × 20 last-layer epochs, each of 30 passes over 8,144 im
 batch 80.
 """
 
-from experiments.configs.common import base_config
+from experiments.configs.common import protopnet_fine_grained_config
 
 
 def get_config():
-    config = base_config("protopnet")
-    config.data.name = "tfds:cars196"
-    config.data.image_size = 224
-    config.data.batch_size = 80
-    config.data.eval_batch_size = 100
-    config.data.normalization = "imagenet"
-    config.data.val_split = "test"
-    config.data.augment.rotation_degrees = 15.0
-    config.data.augment.hflip = True
-    config.model.backbone = "resnet34"
-    config.model.backbone_weights = "weights/resnet34_imagenet.npz"
-    config.model.prototypes_per_class = 10
-    config.model.prototype_dim = 256
-    config.model.add_on_layers = "regular"
-    config.model.push_batch_size = 75
-    config.model.passes_per_epoch = 30
-    config.train.epochs = 31
-    config.train.eval_every_epochs = 30
-    return config
+    return protopnet_fine_grained_config("tfds:cars196")

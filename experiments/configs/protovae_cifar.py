@@ -16,20 +16,8 @@ Prepare the data once with
 split is held out as validation (data.val_fraction).
 """
 
-from experiments.configs.common import base_config
+from experiments.configs.common import vae_config
 
 
 def get_config():
-    config = base_config("protovae")
-    config.data.name = "tfds:cifar10"
-    config.data.image_size = 32
-    config.data.normalization = "symmetric"
-    config.data.batch_size = 128
-    config.data.augment.hflip = True
-    config.data.augment.crop_padding = 2
-    config.model.arch = "cifar10"
-    config.model.latent_dim = 512
-    config.model.prototypes_per_class = 10
-    config.optim.lr = 1e-3
-    config.train.epochs = 36
-    return config
+    return vae_config("protovae", "cifar", prototypes_per_class=10, epochs=36)

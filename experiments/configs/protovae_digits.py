@@ -11,17 +11,8 @@ from 8×8, and a latent of 32 with 5 prototypes per class trained for 15 epochs 
 suffices; the official MNIST setting (protovae_mnist) is latent 256, batch 128, 10 epochs.
 """
 
-from experiments.configs.common import base_config
+from experiments.configs.common import vae_config
 
 
 def get_config():
-    config = base_config("protovae")
-    config.data.name = "digits"
-    config.data.image_size = 28
-    config.data.normalization = "symmetric"
-    config.data.batch_size = 32
-    config.model.arch = "mnist"
-    config.model.latent_dim = 32
-    config.model.prototypes_per_class = 5
-    config.train.epochs = 15
-    return config
+    return vae_config("protovae", "digits", prototypes_per_class=5, epochs=15)

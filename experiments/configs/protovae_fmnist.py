@@ -13,18 +13,8 @@ Prepare the data once with
 split is held out as validation (data.val_fraction).
 """
 
-from experiments.configs.common import base_config
+from experiments.configs.common import vae_config
 
 
 def get_config():
-    config = base_config("protovae")
-    config.data.name = "tfds:fashion_mnist"
-    config.data.image_size = 28
-    config.data.normalization = "symmetric"
-    config.data.batch_size = 128
-    config.model.arch = "mnist"
-    config.model.latent_dim = 256
-    config.model.prototypes_per_class = 10
-    config.optim.lr = 1e-3
-    config.train.epochs = 10
-    return config
+    return vae_config("protovae", "fmnist", prototypes_per_class=10, epochs=10)

@@ -11,18 +11,8 @@ data.name = quickdraw:quickdraw is relative, so the files are read from
 DIR/quickdraw/<category>_small.npy (rows 0-7,999 train, 8,000-9,999 test per class).
 """
 
-from experiments.configs.common import base_config
+from experiments.configs.common import vae_config
 
 
 def get_config():
-    config = base_config("protovae")
-    config.data.name = "quickdraw:quickdraw"
-    config.data.image_size = 28
-    config.data.normalization = "symmetric"
-    config.data.batch_size = 128
-    config.model.arch = "quickdraw"
-    config.model.latent_dim = 512
-    config.model.prototypes_per_class = 10
-    config.optim.lr = 1e-3
-    config.train.epochs = 10
-    return config
+    return vae_config("protovae", "quickdraw", prototypes_per_class=10, epochs=10)

@@ -13,18 +13,8 @@ Prepare the data once with
 split is held out as validation (data.val_fraction).
 """
 
-from experiments.configs.common import base_config
+from experiments.configs.common import vae_config
 
 
 def get_config():
-    config = base_config("protovae")
-    config.data.name = "tfds:svhn_cropped"
-    config.data.image_size = 32
-    config.data.normalization = "symmetric"
-    config.data.batch_size = 64
-    config.model.arch = "svhn"
-    config.model.latent_dim = 512
-    config.model.prototypes_per_class = 5
-    config.optim.lr = 1e-3
-    config.train.epochs = 36
-    return config
+    return vae_config("protovae", "svhn", prototypes_per_class=5, epochs=36)

@@ -39,6 +39,8 @@ def default_config() -> ConfigDict:
             "split_seed": 0,
             # Host threads that assemble batches.
             "num_workers": 2,
+            # tfds: sources with a bbox (caltech_birds2011, cars196): crop to it, then resize.
+            "crop_to_box": False,
             "augment": {
                 "crop_padding": 0,  # random crop after zero padding by this many pixels
                 "hflip": False,

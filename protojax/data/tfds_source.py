@@ -105,6 +105,8 @@ class TfdsSplit(Split):
       positions: `[N]` rows of the source that form this split, or None for all of them.
       height, width, channels: the shape images are served in.
       fields: extra fields to serve: a subset of {"mask", "box"}.
+      crop_to_box: crop each image (and mask) to its `bbox` before resizing, as ProtoPNet's
+        CUB preprocessing does; the served box then covers the whole image.
     """
 
     def __init__(
@@ -116,11 +118,13 @@ class TfdsSplit(Split):
         width: int,
         channels: int,
         fields: frozenset[str],
+        crop_to_box: bool = False,
     ):
         self.source = source
         self.positions = positions
         self.height, self.width, self.channels = height, width, channels
         self.fields = fields
+        self.crop_to_box = crop_to_box
 
     def __len__(self) -> int:
         return len(self.source) if self.positions is None else len(self.positions)
@@ -134,6 +138,8 @@ class TfdsSplit(Split):
         indices = np.asarray(indices, np.int64)
         rows = indices if self.positions is None else self.positions[indices]
         examples = self.source.read([int(row) for row in rows])
+        if self.crop_to_box:
+            examples = [_crop_example(example) for example in examples]
         images = np.empty((len(examples), self.height, self.width, self.channels), np.uint8)
         for row, example in enumerate(examples):
             images[row] = resize_image(example["image"], self.height, self.width)
@@ -158,6 +164,21 @@ class TfdsSplit(Split):
         return batch
 
 
+def _crop_example(example: dict) -> dict:
+    """The example cropped to its normalised `bbox` (y0, x0, y1, x1), outward to whole pixels."""
+    height, width = example["image"].shape[:2]
+    y0, x0, y1, x1 = np.asarray(example["bbox"], np.float64).reshape(4)
+    top, left = int(np.floor(y0 * height)), int(np.floor(x0 * width))
+    bottom = max(int(np.ceil(y1 * height)), top + 1)
+    right = max(int(np.ceil(x1 * width)), left + 1)
+    cropped = dict(example)
+    cropped["image"] = example["image"][top:bottom, left:right]
+    if "segmentation_mask" in example:
+        cropped["segmentation_mask"] = example["segmentation_mask"][top:bottom, left:right]
+    cropped["bbox"] = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
+    return cropped
+
+
 def find_builder(name: str, data_dir: str | None, **builder_kwargs):
     """`tfds.builder(name, data_dir=...)`; an unknown name is a UsageError with suggestions."""
     import tensorflow_datasets as tfds
@@ -178,7 +199,7 @@ def load_tfds(config: ConfigDict) -> Dataset:
     Args:
       config: the `data` section; reads `name`, `data_dir` (empty: TFDS's default),
         `image_size`, `train_split`, `val_split`, `test_split`, `val_fraction`,
-        `test_fraction` and `split_seed`.
+        `test_fraction`, `split_seed` and `crop_to_box`.
 
     Returns:
       A `Dataset` with `train`, `val` and `test` splits of `[H, W, C]` images.
@@ -234,7 +255,18 @@ def load_tfds(config: ConfigDict) -> Dataset:
     fields = frozenset(
         field for field, key in (("mask", "segmentation_mask"), ("box", "bbox")) if key in features
     )
-    split_args = dict(height=height, width=width, channels=channels, fields=fields)
+    if config.crop_to_box and "box" not in fields:
+        raise UsageError(
+            f"data.crop_to_box needs a 'bbox' feature, which TFDS dataset '{name}' lacks; "
+            "set data.crop_to_box=False."
+        )
+    split_args = dict(
+        height=height,
+        width=width,
+        channels=channels,
+        fields=fields,
+        crop_to_box=config.crop_to_box,
+    )
 
     train = open_split(train_spec)
     if val_spec:

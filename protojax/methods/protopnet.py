@@ -49,6 +49,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from protojax.config import ConfigDict
 from protojax.data.base import Dataset
 from protojax.errors import UsageError
+from protojax.imaging import crop, draw_box, overlay_heatmap, save_png, to_rgb
 from protojax.methods.common import (
     accuracy,
     class_logit,
@@ -650,7 +651,7 @@ class ProtoPNet(Method):
         return self._activations(variables, jnp.asarray(images))
 
     def receptive_fields(self, variables) -> np.ndarray:
-        """`[h, w, 4]` receptive-field boxes (y0, y1, x0, x1) of the latent locations, cached
+        """`[h, w, 4]` receptive-field boxes (y0, x0, y1, x1) of the latent locations, cached
         per architecture and image size."""
         m = self.config.model
         latent = jax.tree_util.Partial(self._latent, variables)
@@ -879,10 +880,10 @@ class ProtoPNet(Method):
         big = lambda a: np.repeat(np.repeat(a, scale, axis=0), scale, axis=1)
         boxed = draw_box(big(rgb), np.asarray(rf_box) * scale, (0.1, 0.4, 1.0))
         boxed = draw_box(boxed, np.asarray(activation_box) * scale, (1.0, 0.9, 0.0))
-        _save_png(directory / names["source"], boxed)
-        _save_png(directory / names["overlay"], big(overlay_heatmap(rgb, upsampled)))
-        _save_png(directory / names["patch"], big(crop(rgb, activation_box)))
-        _save_png(directory / names["receptive_field"], big(crop(rgb, rf_box)))
+        save_png(directory / names["source"], boxed)
+        save_png(directory / names["overlay"], big(overlay_heatmap(rgb, upsampled)))
+        save_png(directory / names["patch"], big(crop(rgb, activation_box)))
+        save_png(directory / names["receptive_field"], big(crop(rgb, rf_box)))
         cls = int(prototype_state["prototype_class"][j])
         return {
             "prototype": int(j),
@@ -911,53 +912,6 @@ def _replicated_like(carry, batch):
 def _model_collections(variables: dict[str, Any]) -> dict[str, Any]:
     """The collections the Flax module knows (everything but `prototype_state`)."""
     return {k: v for k, v in variables.items() if k != "prototype_state"}
-
-
-# --------------------------------------------------------------------------------------
-# Image helpers (NumPy, for the bookkeeping PNGs and the explain launcher)
-# --------------------------------------------------------------------------------------
-
-
-def to_rgb(image: np.ndarray) -> np.ndarray:
-    """`[H, W, C]` in [0, 1] → `[H, W, 3]` float32 (grey images repeated)."""
-    image = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
-    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
-
-
-def draw_box(image: np.ndarray, box, color, *, thickness: int = 0) -> np.ndarray:
-    """A copy of `image [H, W, 3]` with the outline of box (y0, y1, x0, x1) drawn in `color`;
-    `thickness` 0 picks about 1% of the image side (at least 1 px)."""
-    out = np.array(image, np.float32, copy=True)
-    height, width = out.shape[:2]
-    t = thickness or max(1, round(min(height, width) / 100))
-    y0, y1, x0, x1 = (int(v) for v in box)
-    out[y0 : min(y0 + t, y1), x0:x1] = color
-    out[max(y1 - t, y0) : y1, x0:x1] = color
-    out[y0:y1, x0 : min(x0 + t, x1)] = color
-    out[y0:y1, max(x1 - t, x0) : x1] = color
-    return out
-
-
-def crop(image: np.ndarray, box) -> np.ndarray:
-    """`image[y0:y1, x0:x1]` for box (y0, y1, x0, x1)."""
-    y0, y1, x0, x1 = (int(v) for v in box)
-    return image[y0:y1, x0:x1]
-
-
-def overlay_heatmap(image: np.ndarray, activation: np.ndarray) -> np.ndarray:
-    """0.5·image + 0.3·jet(min–max normalised activation), as the official overlays."""
-    from matplotlib import colormaps
-
-    a = np.asarray(activation, np.float32)
-    a = (a - a.min()) / max(float(a.max() - a.min()), 1e-12)
-    heat = colormaps["jet"](a)[..., :3].astype(np.float32)
-    return np.clip(0.5 * image + 0.3 * heat, 0.0, 1.0)
-
-
-def _save_png(path: pathlib.Path, image: np.ndarray) -> None:
-    from PIL import Image
-
-    Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)).save(path)
 
 
 def build(config: ConfigDict, dataset: Dataset) -> ProtoPNet:

@@ -48,7 +48,7 @@ def _support(features_fn, probes, channel_weights, *, chunk_size):
 
 
 def _boxes(support: np.ndarray) -> np.ndarray:
-    """`[n, H, W]` bool → `[n, 4]` (y0, y1, x0, x1) bounding boxes with exclusive ends."""
+    """`[n, H, W]` bool → `[n, 4]` (y0, x0, y1, x1) bounding boxes with exclusive ends."""
     n, height, width = support.shape
     rows, cols = support.any(axis=2), support.any(axis=1)
     empty = ~rows.any(axis=1)
@@ -56,9 +56,9 @@ def _boxes(support: np.ndarray) -> np.ndarray:
     y1 = height - np.argmax(rows[:, ::-1], axis=1)
     x0 = np.argmax(cols, axis=1)
     x1 = width - np.argmax(cols[:, ::-1], axis=1)
-    boxes = np.stack([y0, y1, x0, x1], axis=1).astype(np.int32)
+    boxes = np.stack([y0, x0, y1, x1], axis=1).astype(np.int32)
     # A location no pixel influences (a dead unit) is shown with the whole image.
-    boxes[empty] = (0, height, 0, width)
+    boxes[empty] = (0, 0, height, width)
     return boxes
 
 
@@ -85,7 +85,7 @@ def receptive_field_boxes(
       seed: seeds the random inputs and channel weights.
 
     Returns:
-      `[h, w, 4]` int32 boxes (y0, y1, x0, x1), ends exclusive, in input pixels.
+      `[h, w, 4]` int32 boxes (y0, x0, y1, x1), ends exclusive, in input pixels.
     """
     image_shape = tuple(int(s) for s in image_shape)
     if len(image_shape) != 3:

@@ -196,7 +196,8 @@ def high_activation_box(activation_map: np.ndarray, *, percentile: float = 95.0)
       percentile: in [0, 100].
 
     Returns:
-      `[4]` int32 (y0, y1, x0, x1) with exclusive ends.
+      `[4]` int32 (y0, x0, y1, x1) with exclusive ends (the official code returns the
+      same box in the order y0, y1, x0, x1).
     """
     activation_map = np.asarray(activation_map)
     if activation_map.ndim != 2:
@@ -205,4 +206,4 @@ def high_activation_box(activation_map: np.ndarray, *, percentile: float = 95.0)
         )
     mask = activation_map >= np.percentile(activation_map, percentile)
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    return np.array([rows[0], rows[-1] + 1, cols[0], cols[-1] + 1], np.int32)
+    return np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1], np.int32)

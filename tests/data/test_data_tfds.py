@@ -288,3 +288,26 @@ print(out.shape)
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-4:] == ["(8,", "28,", "28,", "3)"]
+
+
+def test_crop_to_box_crops_cub_images_to_their_bird():
+    """ProtoPNet's CUB preprocessing: crop to the box (outward to whole pixels), then resize."""
+    config = tfds_config("caltech_birds2011", image_size=24, val_split="test", crop_to_box=True)
+    with mocked(num_examples=8):
+        dataset = load_dataset(config)
+        raw = tfds.data_source("caltech_birds2011", split="train")
+        batch = dataset.split("train").get_batch(np.arange(4))
+        examples = [raw[i] for i in range(4)]
+    for image, box, ex in zip(batch["image"], batch["box"], examples):
+        h, w = ex["image"].shape[:2]
+        y0, x0, y1, x1 = (float(v) for v in ex["bbox"])
+        top, left = int(np.floor(y0 * h)), int(np.floor(x0 * w))
+        bottom, right = max(int(np.ceil(y1 * h)), top + 1), max(int(np.ceil(x1 * w)), left + 1)
+        crop = ex["image"][top:bottom, left:right]
+        np.testing.assert_allclose(image, pil_resize(crop, 24) / 255.0, atol=1e-7)
+        np.testing.assert_array_equal(box, [0, 0, 24, 24])
+
+
+def test_crop_to_box_needs_a_bbox_feature():
+    with mocked(num_examples=8), pytest.raises(UsageError, match="crop_to_box needs a 'bbox'"):
+        load_dataset(tfds_config("mnist", crop_to_box=True, val_split="test"))

@@ -168,14 +168,14 @@ def test_summary_and_prototype_images(trained):
         assert entry["source_index"] == state["source_index"][j]
         assert entry["location"] == list(state["source_location"][j])
         for box in (entry["activation_box"], entry["receptive_field_box"]):
-            y0, y1, x0, x1 = box
+            y0, x0, y1, x1 = box
             assert 0 <= y0 < y1 <= 8 and 0 <= x0 < x1 <= 8
         for name in entry["files"].values():
             with Image.open(directory / name) as image:
                 assert image.mode == "RGB" and min(image.size) >= 1
     # small_cnn's receptive field (16 px) covers the whole 8-px image from every location.
     rf = trained["method"].receptive_fields(trained["after_push"])
-    np.testing.assert_array_equal(rf[0, 0], [0, 8, 0, 8])
+    np.testing.assert_array_equal(rf[0, 0], [0, 0, 8, 8])
 
 
 def test_targets_agree_with_the_forward_pass(trained, train_images):

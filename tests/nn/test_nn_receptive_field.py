@@ -50,13 +50,14 @@ def test_boxes_equal_the_arithmetic_receptive_fields(stack):
     assert (h, w) == (3, 3)  # 19 → 19 → 10 → 5 → 3 and 22 → 22 → 11 → 5 → 3
     for i in range(h):
         for j in range(w):
-            expected = (*arithmetic_interval(i, SIZE[0]), *arithmetic_interval(j, SIZE[1]))
+            (y0, y1), (x0, x1) = arithmetic_interval(i, SIZE[0]), arithmetic_interval(j, SIZE[1])
+            expected = (y0, x0, y1, x1)
             np.testing.assert_array_equal(boxes[i, j], expected, err_msg=f"location {(i, j)}")
     # By hand, latent (0, 0): 1×1 → [0, 0]; 3×3 valid → [0, 2]; pool 2/2 → [0, 5];
     # 3×3/2 pad 1 → [0, 11]; 3×3 pad 1 → [0, 12], so pixels [0, 13) on both axes.
-    np.testing.assert_array_equal(boxes[0, 0], [0, 13, 0, 13])
+    np.testing.assert_array_equal(boxes[0, 0], [0, 0, 13, 13])
     # The last row of latents reaches the bottom of the 19-pixel image.
-    assert boxes[2, 0, 1] == 19
+    assert boxes[2, 0, 2] == 19
 
 
 def test_results_are_cached_per_architecture_and_size(stack):

@@ -131,12 +131,12 @@ def test_high_activation_box_matches_a_loop():
         threshold = np.percentile(activation, 95)
         ys = [y for y in range(17) for x in range(23) if activation[y, x] >= threshold]
         xs = [x for y in range(17) for x in range(23) if activation[y, x] >= threshold]
-        expected = [min(ys), max(ys) + 1, min(xs), max(xs) + 1]
+        expected = [min(ys), min(xs), max(ys) + 1, max(xs) + 1]
         np.testing.assert_array_equal(high_activation_box(activation), expected)
     # One bright 2×3 block in a 10×10 map: exactly its box (6 of 100 pixels ≥ the 95th pct).
     block = np.zeros((10, 10))
     block[4:6, 2:5] = 1.0
-    np.testing.assert_array_equal(high_activation_box(block), [4, 6, 2, 5])
+    np.testing.assert_array_equal(high_activation_box(block), [4, 2, 6, 5])
 
 
 def test_upsample_activation_keeps_constants_and_peaks():
