@@ -9,8 +9,9 @@ prepared files afterwards needs neither network nor TensorFlow. Datasets whose f
 downloaded by hand take `--manual_dir`. An empty `--data_dir` means TFDS's default
 (`$TFDS_DATA_DIR`, else `~/tensorflow_datasets`).
 
-On failure the last line printed is one sentence saying what went wrong; the exit code is 2
-for an unknown dataset name and 1 otherwise.
+`python -m experiments.train` runs the same preparation by itself when `data.download` is on
+(the default) and the run has one process. On failure the last line printed is one sentence
+saying what went wrong; the exit code is 2 for an unknown dataset name and 1 otherwise.
 """
 
 from __future__ import annotations
@@ -18,37 +19,11 @@ from __future__ import annotations
 from absl import app, flags
 
 from experiments.cli import error_contract, setup_logging
-from protojax.errors import DataError
-
-
-def prepare(dataset: str, data_dir: str = "", manual_dir: str = "") -> str:
-    """Downloads and prepares `dataset` as ArrayRecord; returns the directory written."""
-    import tensorflow_datasets as tfds
-
-    from protojax.data.tfds_source import find_builder
-
-    builder = find_builder(dataset, data_dir or None, file_format="array_record")
-    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
-    try:
-        builder.download_and_prepare(file_format="array_record", download_config=download_config)
-    except ModuleNotFoundError as error:
-        if "tensorflow" not in str(error):
-            raise
-        raise DataError(
-            f"Preparing TFDS dataset '{dataset}' needs TensorFlow; install it with "
-            "pip install -e '.[tf]' and run this command again."
-        ) from error
-    except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        raise DataError(
-            f"Could not prepare TFDS dataset '{dataset}' in {builder.data_dir_root} ({reason}); "
-            "check the network connection and --manual_dir."
-        ) from error
-    return str(builder.data_dir)
+from protojax.data.tfds_source import prepare_tfds
 
 
 def _define_flags() -> dict[str, flags.FlagHolder]:
-    """Defines the flags when run as a script, so that importing `prepare` defines none."""
+    """Defines the flags when run as a script, so that importing this module defines none."""
     return {
         "dataset": flags.DEFINE_string("dataset", None, "TFDS dataset name, e.g. cifar10."),
         "data_dir": flags.DEFINE_string(
@@ -66,7 +41,7 @@ def main(argv: list[str], holders: dict[str, flags.FlagHolder]) -> None:
     options = {name: holder.value for name, holder in holders.items()}
     setup_logging()
     with error_contract():
-        directory = prepare(**options)
+        directory = prepare_tfds(options["dataset"], options["data_dir"], options["manual_dir"])
     print(f"Prepared {options['dataset']} as ArrayRecord in {directory}.")
 
 

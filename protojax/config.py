@@ -102,6 +102,7 @@ RUNTIME_KEYS = frozenset(
         "train.keep_checkpoints",
         "train.progress",
         "data.data_dir",
+        "data.download",
         "data.num_workers",
     }
 )

@@ -21,8 +21,12 @@ def default_config() -> ConfigDict:
             "name": "digits",
             # Root for tfds (default ~/tensorflow_datasets), folder and quickdraw sources.
             "data_dir": "",
-            # Square side served to the model; 0 keeps the source's own size.
-            "image_size": 28,
+            # tfds: prepare a dataset that is not prepared yet (needs network and TensorFlow,
+            # one process); off: stop and give the prepare_data command instead.
+            "download": True,
+            # Square side served to the model; 0: the source's default (digits 28, shapes 64,
+            # quickdraw 28, tfds the dataset's own, folder the first training image's).
+            "image_size": 0,
             # The global batch: it never depends on the device count.
             "batch_size": 64,
             "eval_batch_size": 256,

@@ -1,6 +1,7 @@
 """scikit-learn's 1,797 real 8×8 digits, the embedded dataset of the quick start and tests.
 
-Pixels are divided by 16 into [0, 1] and resized bilinearly to `image_size`. The split is
+Pixels are divided by 16 into [0, 1] and resized bilinearly to `image_size` (0: 28 px, as
+MNIST; 8 keeps the native size). The split is
 `train_test_split(test_size=0.2, stratify=y, random_state=0)` (1,437 train, 360 test), and a
 further stratified 10% of train forms `val` (1,293 train, 144 val).
 """
@@ -32,7 +33,12 @@ def resize_bilinear(images: np.ndarray, size: int) -> np.ndarray:
     return rows[:, :, x0] * (1 - wx)[None, None, :, None] + rows[:, :, x1] * wx[None, None, :, None]
 
 
-def load_digits(image_size: int = 28, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
+DEFAULT_SIZE = 28
+
+
+def load_digits(
+    image_size: int = DEFAULT_SIZE, val_fraction: float = 0.1, seed: int = 0
+) -> Dataset:
     """The digits dataset with `train`, `val` and `test` splits, images `[N, S, S, 1]`."""
     from sklearn.datasets import load_digits as sk_load_digits
     from sklearn.model_selection import train_test_split
@@ -40,7 +46,7 @@ def load_digits(image_size: int = 28, val_fraction: float = 0.1, seed: int = 0) 
     digits = sk_load_digits()
     images = (digits.images / 16.0).astype(np.float32)[..., None]  # [1797, 8, 8, 1]
     labels = digits.target.astype(np.int32)
-    size = image_size or 8
+    size = image_size or DEFAULT_SIZE
     images = np.clip(resize_bilinear(images, size), 0.0, 1.0)
     all_idx = np.arange(len(labels))
     train_idx, test_idx = train_test_split(all_idx, test_size=0.2, stratify=labels, random_state=0)

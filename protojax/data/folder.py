@@ -53,8 +53,12 @@ def _read_rgb(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise DataError(f"Cannot read image {path} ({error}); replace or remove it.") from error
+    except Exception as error:
+        # Pillow reports damaged files with many types: OSError, SyntaxError ("broken PNG
+        # file"), ValueError, struct.error, zlib.error, DecompressionBombError...
+        text = str(error).strip()
+        reason = text.splitlines()[0] if text else type(error).__name__
+        raise DataError(f"Cannot read image {path} ({reason}); replace or remove it.") from error
 
 
 class FolderSplit(Split):

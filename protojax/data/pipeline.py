@@ -6,8 +6,9 @@ batch `s % steps_per_epoch` of epoch `s // steps_per_epoch`, so a resumed run se
 batches it would have seen. Augmentation is keyed by (seed, epoch, example index), never by
 device or thread. Grain assembles batches in worker threads.
 
-Each process loads only its rows of the global batch; `to_global` assembles the global
-`jax.Array` sharded along the mesh's "data" axis.
+Each process loads only its rows of the global batch: the rows that the data sharding puts on
+its devices, whatever their order in the mesh (`local_rows`). `to_global` assembles the global
+`jax.Array` sharded along the mesh's "data" axis from those rows.
 """
 
 from __future__ import annotations
@@ -64,16 +65,31 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
         return _permutation(seed, epoch, n)
 
 
-def local_rows(global_batch: int) -> slice:
-    """The rows of a global batch that this process loads."""
-    count, index = jax.process_count(), jax.process_index()
-    if global_batch % count:
+def device_rows(global_batch: int, mesh: Mesh, devices) -> np.ndarray:
+    """The rows `[n]` of a global batch sharded along `mesh`'s "data" axis that `devices`
+    hold, ascending: the order `jax.make_array_from_process_local_data` reads them in."""
+    size = mesh.shape["data"]
+    if global_batch % size:
         raise UsageError(
-            f"data.batch_size={global_batch} does not divide by the {count} processes; "
-            "choose a multiple."
+            f"A batch of {global_batch} does not divide by the {size} devices of the mesh; "
+            "choose a multiple (data.batch_size, data.eval_batch_size)."
         )
-    local = global_batch // count
-    return slice(index * local, (index + 1) * local)
+    indices = data_sharding(mesh).devices_indices_map((global_batch,))
+    starts = sorted({indices[device][0].indices(global_batch)[0] for device in devices})
+    per_device = global_batch // size
+    return np.concatenate([np.arange(start, start + per_device) for start in starts])
+
+
+def local_rows(global_batch: int, mesh: Mesh | None = None) -> np.ndarray:
+    """The rows `[n]` of a global batch that this process loads for `mesh`. None: every row
+    where there is one process, else a mesh over `jax.devices()` as `make_data_mesh()` builds."""
+    if mesh is None:
+        if jax.process_count() == 1:
+            return np.arange(global_batch)
+        mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    index = jax.process_index()
+    mine = [device for device in mesh.devices.flat if device.process_index == index]
+    return device_rows(global_batch, mesh, mine)
 
 
 def _augment(batch: dict, *, seed: int, epoch: int, augment) -> dict:
@@ -117,8 +133,10 @@ def train_batches(
     normalization: str = "none",
     augment=None,
     num_workers: int = 2,
+    mesh: Mesh | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """This process's rows of the training batches of steps `[start_step, end_step)`.
+    """This process's rows of the training batches of steps `[start_step, end_step)`, for
+    `mesh` (see `local_rows`).
 
     Yields dicts with `image [b,H,W,C] float32`, `label [b] int32`, `index [b] int32`,
     `valid [b] bool` (all true) and the source's extra fields, b = batch_size / processes.
@@ -127,7 +145,7 @@ def train_batches(
 
     n = len(split)
     per_epoch = steps_per_epoch(split, batch_size)
-    rows = local_rows(batch_size)
+    rows = local_rows(batch_size, mesh)
 
     def load(step: int) -> dict[str, np.ndarray]:
         epoch, position = divmod(step, per_epoch)
@@ -153,16 +171,18 @@ def ordered_batches(
     batch_size: int,
     normalization: str = "none",
     indices: np.ndarray | None = None,
+    mesh: Mesh | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """An ordered, non-repeating pass over `split` (or over `indices` of it).
 
     Every example appears exactly once; the last batch is padded with copies of the first
-    example whose `valid` is false. Yields this process's rows of each global batch.
+    example whose `valid` is false. Yields this process's rows of each global batch for
+    `mesh` (see `local_rows`).
     """
     order = np.arange(len(split)) if indices is None else np.asarray(indices)
     if len(order) == 0:
         return
-    rows = local_rows(batch_size)
+    rows = local_rows(batch_size, mesh)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         valid = np.zeros(batch_size, bool)
@@ -179,11 +199,13 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Assembles process-local rows into global arrays sharded along the "data" axis."""
+    """Assembles this process's rows (`local_rows` for `mesh`) into global arrays sharded
+    along the "data" axis."""
     sharding = data_sharding(mesh)
-    count = jax.process_count()
+    # The data mesh is 1-D and each of its devices holds an equal share of the batch.
+    local_devices = len(sharding.addressable_devices)
     out = {}
     for key, value in batch.items():
-        global_shape = (value.shape[0] * count, *value.shape[1:])
+        global_shape = (value.shape[0] * mesh.size // local_devices, *value.shape[1:])
         out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
     return out

@@ -41,12 +41,14 @@ def describe(config) -> Dataset:
     """A `Dataset` with no splits describing what `load_dataset(config)` would serve."""
     name, size = config.name, config.image_size
     if name == "digits":
-        h, w = _square(size, (8, 8), name)
+        from protojax.data.digits import DEFAULT_SIZE
+
+        h, w = _square(size, (DEFAULT_SIZE, DEFAULT_SIZE), name)
         return Dataset("digits", 10, tuple(map(str, range(10))), (h, w, 1), {})
     if name == "shapes":
-        from protojax.data.shapes import KINDS
+        from protojax.data.shapes import DEFAULT_SIZE, KINDS
 
-        h, w = _square(size, (64, 64), name)
+        h, w = _square(size, (DEFAULT_SIZE, DEFAULT_SIZE), name)
         kinds = KINDS[: config.shapes.num_classes]
         return Dataset("shapes", len(kinds), kinds, (h, w, 3), {})
     if name.startswith("tfds:"):

@@ -13,15 +13,22 @@ the dataset has them (caltech_birds2011), `segmentation_mask` becomes `mask [H, 
 (resized bilinearly, then above one half) and `bbox` (normalised ymin, xmin, ymax, xmax)
 becomes `box [4] int32` in pixels (y0, x0, y1, x1; ends exclusive, rounded outwards).
 
-Nothing is downloaded here: a dataset must first be prepared as ArrayRecord with
-`python -m experiments.prepare_data --dataset=NAME --data_dir=DIR`, and an unprepared one
-stops with a `DataError` that gives that command.
+A dataset that is not prepared is prepared first, as ArrayRecord, by `prepare_tfds` (what
+`python -m experiments.prepare_data --dataset=NAME --data_dir=DIR` runs) when `data.download`
+is on and the run has one process. Where that cannot work (offline, no TensorFlow, files that
+must be downloaded by hand, several processes) or `data.download` is off, it stops with a
+`DataError` naming the dataset, the data_dir searched, why, and that command.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import logging
+import socket
 import threading
+import urllib.parse
+import urllib.request
 
 import numpy as np
 
@@ -193,22 +200,176 @@ def find_builder(name: str, data_dir: str | None, **builder_kwargs):
         raise UsageError(f"Unknown TFDS dataset '{name}'; {hint}") from error
 
 
+class PrepareError(DataError):
+    """TFDS could not prepare a dataset; `reason` says why, and how to fix it, in a few words."""
+
+    def __init__(self, name: str, root: str, reason: str):
+        self.reason = reason
+        super().__init__(f"Could not prepare TFDS dataset '{name}' in {root}: {reason}.")
+
+
+def _has_tensorflow() -> bool:
+    """Whether TensorFlow is installed, found without importing it (which takes seconds)."""
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+_DEFAULT_PORTS = {"https": 443, "http": 80, "ftp": 21}
+_CONNECT_TIMEOUT_S = 5.0
+
+
+def _unreachable_host(urls) -> str | None:
+    """'HOST (why)' for the first download host, or the proxy for it, that takes no TCP
+    connection within `_CONNECT_TIMEOUT_S`; None when every one does."""
+    proxies = urllib.request.getproxies()
+    seen = set()
+    for url in urls:
+        parts = urllib.parse.urlsplit(url)
+        if (
+            parts.hostname
+            and parts.scheme in proxies
+            and not urllib.request.proxy_bypass(parts.hostname)
+        ):
+            parts = urllib.parse.urlsplit(proxies[parts.scheme])
+        target = (parts.hostname, parts.port or _DEFAULT_PORTS.get(parts.scheme, 443))
+        if not target[0] or target in seen:
+            continue
+        seen.add(target)
+        try:
+            socket.create_connection(target, timeout=_CONNECT_TIMEOUT_S).close()
+        except OSError as error:
+            return f"{target[0]} ({error})"
+    return None
+
+
+def _obstacle(builder, manual_dir: str) -> str | None:
+    """Why preparing `builder` would fail, found before anything is downloaded; None if none.
+
+    TFDS retries an unreachable URL 10 times with exponential back-off, about 200 s per file
+    (measured offline with tensorflow-datasets 4.9.10), and DownloadConfig sets neither retries
+    nor timeouts. So the two usual failures are looked for first: TensorFlow, which TFDS needs
+    to encode `Image` features while preparing (only after downloading them); and a TCP
+    connection to each host of the dataset's registered URLs (or to its proxy), which fails
+    at once, or after `_CONNECT_TIMEOUT_S`, offline. Datasets without registered URLs skip
+    that check.
+    """
+    import tensorflow_datasets as tfds
+
+    if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and not manual_dir:
+        return "its files must first be downloaded by hand into a folder given as --manual_dir"
+    features = builder.info.features
+    if not _has_tensorflow() and any(
+        isinstance(feature, tfds.features.Image) for feature in features.values()
+    ):
+        return "TFDS needs TensorFlow to encode its images; install it with pip install -e '.[tf]'"
+    if not manual_dir:
+        unreachable = _unreachable_host(sorted(builder.url_infos or ()))
+        if unreachable:
+            return f"cannot reach {unreachable}; check the network connection"
+    return None
+
+
+def prepare_tfds(name: str, data_dir: str | None = None, manual_dir: str = "") -> str:
+    """Downloads and prepares TFDS dataset `name` as ArrayRecord files.
+
+    Args:
+      name: the TFDS name, such as `cifar10`.
+      data_dir: the TFDS data directory; None or empty: TFDS's default.
+      manual_dir: a folder of files downloaded by hand, for datasets that need them.
+
+    Returns:
+      The directory written.
+
+    Raises:
+      UsageError: an unknown dataset name.
+      PrepareError: it cannot be prepared here; nothing is downloaded when that is known first.
+    """
+    import tensorflow_datasets as tfds
+
+    builder = find_builder(name, data_dir or None, file_format="array_record")
+    root = str(builder.data_dir_root)
+    reason = _obstacle(builder, manual_dir)
+    if reason:
+        raise PrepareError(name, root, reason)
+    logging.info("Downloading TFDS dataset %s and preparing it as ArrayRecord in %s.", name, root)
+    # TFDS's GCS copies are TFRecord, which is never what is asked for here; skip looking.
+    download_config = tfds.download.DownloadConfig(
+        manual_dir=manual_dir or None, try_download_gcs=False
+    )
+    try:
+        builder.download_and_prepare(file_format="array_record", download_config=download_config)
+    except ModuleNotFoundError as error:
+        if "tensorflow" not in str(error):
+            raise
+        raise PrepareError(
+            name, root, "TFDS needs TensorFlow for it; install it with pip install -e '.[tf]'"
+        ) from error
+    except Exception as error:
+        first = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else ""
+        raise PrepareError(
+            name, root, f"{first or repr(error)}; check the network connection and --manual_dir"
+        ) from error
+    return str(builder.data_dir)
+
+
+class _NotPrepared(Exception):
+    """A split of a dataset that is not prepared could not be opened."""
+
+
+def _prepare_to_read(name: str, data_dir: str | None, root: str) -> None:
+    """Prepares an unprepared dataset before it is read, or says why it cannot be."""
+    import jax
+
+    command = prepare_command(name, root)
+    if jax.process_count() > 1:
+        # Several processes would write the same files at once; waiting for one of them would
+        # need a barrier the data layer does not have.
+        raise DataError(
+            f"TFDS dataset '{name}' is not prepared in data_dir {root}, and a run of "
+            f"{jax.process_count()} processes does not prepare it; prepare it once, where "
+            f"every process can read it, with: {command}"
+        )
+    try:
+        prepare_tfds(name, data_dir)
+    except PrepareError as error:
+        raise DataError(
+            f"TFDS dataset '{name}' is not prepared in data_dir {root} and could not be "
+            f"prepared here ({error.reason}); prepare it with: {command}"
+        ) from error
+
+
 def load_tfds(config: ConfigDict) -> Dataset:
     """The TFDS dataset named by `config.name = "tfds:NAME"`.
 
     Args:
       config: the `data` section; reads `name`, `data_dir` (empty: TFDS's default),
-        `image_size`, `train_split`, `val_split`, `test_split`, `val_fraction`,
+        `download`, `image_size`, `train_split`, `val_split`, `test_split`, `val_fraction`,
         `test_fraction`, `split_seed` and `crop_to_box`.
 
     Returns:
       A `Dataset` with `train`, `val` and `test` splits of `[H, W, C]` images.
     """
-    import tensorflow_datasets as tfds
-
     name = config.name[len("tfds:") :]
     data_dir = config.data_dir or None
     builder = find_builder(name, data_dir)
+    root = str(builder.data_dir_root)
+    # Preparation follows a failed read rather than `is_prepared()`: the sources of
+    # tfds.testing.mock_data need no files, although their builders are never prepared.
+    try:
+        return _read(config, builder, name, data_dir)
+    except _NotPrepared as not_prepared:
+        if not config.download:
+            raise DataError(
+                f"TFDS dataset '{name}' is not prepared in data_dir {root}; prepare it "
+                f"with: {prepare_command(name, root)}"
+            ) from not_prepared.__cause__
+    _prepare_to_read(name, data_dir, root)
+    return _read(config, find_builder(name, data_dir), name, data_dir)
+
+
+def _read(config: ConfigDict, builder, name: str, data_dir: str | None) -> Dataset:
+    """The splits of `builder`'s dataset; `_NotPrepared` when it is not prepared."""
+    import tensorflow_datasets as tfds
+
     root = str(builder.data_dir_root)
     prepared = builder.is_prepared()
     available = (
@@ -235,10 +396,7 @@ def load_tfds(config: ConfigDict) -> Dataset:
             )
         except Exception as error:
             if not prepared:
-                raise DataError(
-                    f"TFDS dataset '{name}' is not prepared in data_dir {root}; prepare it "
-                    f"with: {prepare_command(name, root)}"
-                ) from error
+                raise _NotPrepared() from error
             reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise DataError(
                 f"Cannot read split '{spec}' of TFDS dataset '{name}' in {root} ({reason}; "

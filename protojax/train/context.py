@@ -74,6 +74,7 @@ class RunContext:
             batch_size=batch_size,
             normalization=self.config.data.normalization,
             indices=indices,
+            mesh=self.mesh,
         ):
             yield pipeline.to_global(local, self.mesh)
 

@@ -374,6 +374,7 @@ class _Trainer:
             normalization=self.config.data.normalization,
             augment=self.config.data.augment,
             num_workers=self.config.data.num_workers,
+            mesh=self.mesh,
         )
         pending_flags, window = None, []
         first = True

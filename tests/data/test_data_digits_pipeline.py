@@ -5,10 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh
 
 from protojax.data import pipeline
 from protojax.data.base import ArraySplit
 from protojax.data.digits import load_digits, resize_bilinear
+from protojax.errors import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +100,39 @@ def test_to_global_shards_along_data(digits):
     assert batch["image"].sharding.spec == jax.sharding.PartitionSpec("data")
     assert len(batch["image"].addressable_shards) == 4
     np.testing.assert_array_equal(jnp.asarray(batch["label"]), local["label"])
+
+
+def permuted_mesh(order=(2, 0, 3, 1)):
+    devices = jax.devices()[:4]
+    return Mesh(np.array([devices[i] for i in order]), ("data",)), devices
+
+
+def test_device_rows_follow_the_mesh_order_not_the_process_index():
+    mesh, devices = permuted_mesh()
+    # A process owning devices 0 and 1, at mesh positions 1 and 3: rows 2-3 and 6-7 of 8.
+    np.testing.assert_array_equal(pipeline.device_rows(8, mesh, devices[:2]), [2, 3, 6, 7])
+    positions = list(mesh.devices.flat)
+    for owned in ([devices[2]], devices[2:], [devices[3], devices[0]], devices):
+        expected = []
+        for position, device in enumerate(positions):  # a naive walk over the mesh
+            if device in owned:
+                expected += range(3 * position, 3 * position + 3)
+        np.testing.assert_array_equal(pipeline.device_rows(12, mesh, owned), expected)
+    np.testing.assert_array_equal(pipeline.local_rows(12, mesh), np.arange(12))
+    with pytest.raises(UsageError, match="10 does not divide by the 4 devices"):
+        pipeline.device_rows(10, mesh, devices)
+
+
+def test_to_global_places_each_row_on_the_device_at_its_mesh_position():
+    mesh, _ = permuted_mesh()
+    split = _split(16)
+    local = next(pipeline.ordered_batches(split, batch_size=8, mesh=mesh))
+    batch = pipeline.to_global(local, mesh)
+    positions = list(mesh.devices.flat)
+    assert len(batch["index"].addressable_shards) == 4
+    for shard in batch["index"].addressable_shards:
+        position = positions.index(shard.device)
+        np.testing.assert_array_equal(np.asarray(shard.data), [2 * position, 2 * position + 1])
 
 
 def test_pipeline_outpaces_the_blackbox_digits_train_step():

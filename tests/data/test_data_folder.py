@@ -138,6 +138,31 @@ def test_unreadable_image_names_its_path(tmp_path):
         split.get_batch(np.array([position]))
 
 
+def break_png(path: Path):
+    """Declares the PNG's first IDAT chunk empty: Pillow then reads compressed pixels as the
+    next chunk's header and raises SyntaxError ("broken PNG file"), not an OSError."""
+    data = bytearray(path.read_bytes())
+    idat = data.index(b"IDAT")
+    data[idat - 4 : idat] = (0).to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+
+
+def test_unreadable_image_stops_training_and_eval_passes_with_its_path(tmp_path):
+    from protojax.data import pipeline
+
+    root = make_tree(tmp_path / "data", splits=("train", "val", "test"))
+    broken = root / "train" / "ant" / "img00.png"
+    break_png(broken)
+    split = load_dataset(folder_config(root)).split("train")
+    with pytest.raises(DataError) as info:  # read in Grain's worker threads
+        list(pipeline.train_batches(split, seed=0, batch_size=8, start_step=0, end_step=3))
+    message = str(info.value)
+    assert message.startswith(f"Cannot read image {broken} (broken PNG file")
+    assert len(message.splitlines()) == 1 and isinstance(info.value.__cause__, SyntaxError)
+    with pytest.raises(DataError, match=f"Cannot read image {broken} "):
+        list(pipeline.ordered_batches(split, batch_size=8))
+
+
 def test_every_class_keeps_training_images(tmp_path):
     root = make_tree(tmp_path / "data", counts={"a": 1, "b": 6})
     with pytest.raises(DataError, match=str(root / "train")):

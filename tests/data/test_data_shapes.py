@@ -160,3 +160,20 @@ def test_hsv_colours_match_colorsys():
     ours = _hsv_to_rgb(hsv[:, 0], hsv[:, 1], hsv[:, 2])
     reference = [colorsys.hsv_to_rgb(*map(float, c)) for c in hsv]
     np.testing.assert_allclose(ours, reference, atol=1e-5)
+
+
+def test_default_image_size_is_each_sources_own():
+    """The issue's defaults: shapes 64×64, digits 28×28, when data.image_size is not set."""
+    from protojax.data.specs import describe
+
+    config = default_config()
+    assert config.image_size == 0
+    config.name = "shapes"
+    config.shapes.num_train, config.shapes.num_val, config.shapes.num_test = 4, 2, 2
+    shapes = load_dataset(config)
+    assert shapes.image_shape == describe(config).image_shape == (64, 64, 3)
+    assert shapes.split("train").get_batch(np.arange(2))["image"].shape == (2, 64, 64, 3)
+    config.name = "digits"
+    digits = load_dataset(config)
+    assert digits.image_shape == describe(config).image_shape == (28, 28, 1)
+    assert digits.split("val").get_batch(np.arange(2))["image"].shape == (2, 28, 28, 1)

@@ -4,8 +4,10 @@
 `as_data_source_fn`, which applies TFDS's own `ReadInstruction` to a known list of examples.
 """
 
+import socket
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -14,8 +16,13 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from protojax.data import default_config, load_dataset
-from protojax.data.tfds_source import prepare_command, resolve_split_specs
+from protojax.data import default_config, load_dataset, tfds_source
+from protojax.data.tfds_source import (
+    PrepareError,
+    prepare_command,
+    prepare_tfds,
+    resolve_split_specs,
+)
 from protojax.errors import DataError, UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,12 +221,80 @@ def test_prepared_train_only_dataset_is_sliced_for_test(tiny_dir):
 
 def test_not_prepared_names_dataset_dir_and_command(tmp_path):
     with pytest.raises(DataError) as info:
-        load_dataset(tfds_config("mnist", data_dir=str(tmp_path)))
+        load_dataset(tfds_config("mnist", data_dir=str(tmp_path), download=False))
     message = str(info.value)
-    assert "'mnist'" in message and str(tmp_path) in message
+    assert "'mnist' is not prepared" in message and str(tmp_path) in message
     command = f"python -m experiments.prepare_data --dataset=mnist --data_dir={tmp_path}"
     assert message.endswith(command) and command == prepare_command("mnist", str(tmp_path))
     assert list(tmp_path.iterdir()) == []  # nothing written, nothing downloaded
+
+
+def test_download_prepares_an_unprepared_dataset_in_process(tmp_path):
+    assert default_config().download
+    config = tfds_config("protojax_tiny_train_only", data_dir=str(tmp_path), image_size=0)
+    dataset = load_dataset(config)
+    got = {n: shown(s.get_batch(np.arange(len(s)))) for n, s in dataset.splits.items()}
+    assert {n: len(v) for n, v in got.items()} == {"train": 21, "val": 3, "test": 6}
+    assert sorted(sum(got.values(), [])) == list(range(30))
+    for name, split in dataset.splits.items():
+        np.testing.assert_array_equal(split.labels, np.array(got[name]) % 3)
+    written = list(tmp_path.glob("protojax_tiny_train_only/1.0.0/*.array_record*"))
+    assert written, sorted(str(p) for p in tmp_path.rglob("*"))
+
+
+def forbid_download(monkeypatch):
+    def download_and_prepare(self, **kwargs):
+        raise AssertionError("nothing may be downloaded")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", download_and_prepare)
+
+
+def load_fails_fast(config, data_dir):
+    start = time.perf_counter()
+    with pytest.raises(DataError) as info:
+        load_dataset(config)
+    assert time.perf_counter() - start < 10
+    assert list(data_dir.iterdir()) == []  # nothing written
+    message = str(info.value)
+    name = config.name[len("tfds:") :]
+    assert f"'{name}' is not prepared in data_dir {data_dir}" in message
+    assert message.endswith(prepare_command(name, str(data_dir)))
+    return message
+
+
+def test_download_without_tensorflow_fails_before_downloading(tmp_path, monkeypatch):
+    monkeypatch.setattr(tfds_source, "_has_tensorflow", lambda: False)
+    forbid_download(monkeypatch)
+    message = load_fails_fast(tfds_config("cifar10", data_dir=str(tmp_path)), tmp_path)
+    assert "needs TensorFlow" in message and "pip install -e '.[tf]'" in message
+
+
+def test_download_offline_fails_before_downloading(tmp_path, monkeypatch):
+    """TFDS itself would retry for minutes; the connection check fails at once."""
+    tried = []
+
+    def unreachable(address, timeout=None):
+        tried.append((address, timeout))
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(tfds_source, "_has_tensorflow", lambda: True)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    for key in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(key, raising=False)
+    forbid_download(monkeypatch)
+    message = load_fails_fast(tfds_config("cifar10", data_dir=str(tmp_path)), tmp_path)
+    assert "cannot reach www.cs.toronto.edu" in message and "network" in message
+    assert tried == [(("www.cs.toronto.edu", 443), 5.0)]
+
+
+def test_several_processes_do_not_prepare(tmp_path, monkeypatch):
+    import jax
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    forbid_download(monkeypatch)
+    config = tfds_config("protojax_tiny_train_only", data_dir=str(tmp_path))
+    message = load_fails_fast(config, tmp_path)
+    assert "2 processes" in message
 
 
 def test_unknown_dataset_is_a_usage_error():
@@ -228,24 +303,32 @@ def test_unknown_dataset_is_a_usage_error():
 
 
 def test_prepare_uses_array_record(tmp_path, monkeypatch):
-    from experiments.prepare_data import prepare
-
     calls = []
 
     def fake_download_and_prepare(self, **kwargs):
+        config = kwargs["download_config"]
         calls.append((self.name, kwargs["file_format"], str(self.data_dir_root)))
+        calls.append((config.manual_dir, config.try_download_gcs))
 
+    monkeypatch.setattr(tfds_source, "_has_tensorflow", lambda: True)
+    monkeypatch.setattr(tfds_source, "_unreachable_host", lambda urls: None)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fake_download_and_prepare)
-    written = prepare("mnist", str(tmp_path))
-    assert calls == [("mnist", "array_record", str(tmp_path))]
+    written = prepare_tfds("mnist", str(tmp_path))
+    assert calls == [("mnist", "array_record", str(tmp_path)), (None, False)]
     assert written.startswith(str(tmp_path / "mnist"))
 
     def needs_tensorflow(self, **kwargs):
         raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", needs_tensorflow)
-    with pytest.raises(DataError, match=r"pip install -e '\.\[tf\]'"):
-        prepare("mnist", str(tmp_path))
+    with pytest.raises(PrepareError, match=r"'mnist' in .*pip install -e '\.\[tf\]'\.$"):
+        prepare_tfds("mnist", str(tmp_path))
+
+
+def test_prepare_asks_for_manual_dir(tmp_path, monkeypatch):
+    forbid_download(monkeypatch)
+    with pytest.raises(PrepareError, match="downloaded by hand.*--manual_dir"):
+        prepare_tfds("imagenet2012", str(tmp_path))
 
 
 def test_launcher_exit_code_and_last_line(tmp_path):
@@ -287,7 +370,7 @@ print(out.shape)
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split()[-4:] == ["(8,", "28,", "28,", "3)"]
+    assert result.stdout.split()[-4:] == ["(8,", "64,", "64,", "3)"]  # shapes' default size
 
 
 def test_crop_to_box_crops_cub_images_to_their_bird():
