@@ -13,7 +13,8 @@ For ProtoPNet it writes, under DIR/explanations/:
 - `explanations.json`, the numbers behind the figures.
 
 The model must have been pushed (its prototypes are training patches). The data is loaded
-from the run's `config.data`.
+from the run's `config.data`. Other methods' runs stop with exit code 2 before their
+checkpoint is read (ProtoVAE and Pantypes runs write their figures while training).
 """
 
 from __future__ import annotations
@@ -204,6 +205,26 @@ def explain_protopnet(
     return paths
 
 
+def _check_method(workdir: pathlib.Path) -> None:
+    """Stops before any checkpoint is read when the run is not a ProtoPNet run."""
+    from protojax.train.workdir import CONFIG, FIGURES
+
+    path = workdir / CONFIG
+    if not path.exists():  # load_workdir says what is missing
+        return
+    name = json.loads(path.read_text()).get("method")
+    if name == "protopnet":
+        return
+    where = (
+        f" (its decoded prototypes, reconstructions and latent PCA are in {workdir / FIGURES})"
+        if name in ("protovae", "pantypes")
+        else ""
+    )
+    raise UsageError(
+        f"experiments.explain supports protopnet runs only; {workdir} is a {name} run{where}."
+    )
+
+
 def main(argv: list[str]) -> None:
     FLAGS([__name__, *argv])
     if not FLAGS.workdir:
@@ -214,12 +235,8 @@ def main(argv: list[str]) -> None:
     from protojax.data import load_dataset
 
     workdir = pathlib.Path(FLAGS.workdir)
+    _check_method(workdir)
     method, variables, config = protojax.load_workdir(workdir)
-    if config.method != "protopnet":
-        raise UsageError(
-            f"experiments.explain handles protopnet runs so far; {workdir} is a "
-            f"{config.method} run."
-        )
     dataset = load_dataset(config.data)
     out = pathlib.Path(FLAGS.out) if FLAGS.out else workdir / "explanations"
     paths = explain_protopnet(

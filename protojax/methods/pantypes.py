@@ -4,7 +4,8 @@ term is volumetric.
 The module, the KL, the reconstruction, the classifier and the optimizer are ProtoVAE's
 (`protojax.methods.protovae`); only the loss weights differ: orthonormality 0 and the inverse
 volume (1/K) Σ_k 1/√det(c·P_k P_kᵀ) of each class's uncentred prototypes 1 (METHODS.md §3.1).
-Minimising it makes each class's prototypes span a large volume.
+Minimising it makes each class's prototypes span a large volume. The orthonormality term is
+still logged (`orthonormality` in metrics.jsonl), as the official code logs it.
 
 After every epoch, one ordered pass over the training set (inference mode, z = μ) assigns every
 sample to its most similar active prototype and logs (a metrics.jsonl event):

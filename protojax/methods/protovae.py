@@ -13,7 +13,13 @@ Conv → ReLU → BatchNorm order, the clamp of log σ² to ±18.42, the final t
 initialisations. Two deliberate differences: tensors are NHWC, so the flatten before the first
 encoder Dense layer and the reshape after the first decoder Dense layer order features as
 (H, W, C) instead of PyTorch's (C, H, W) (a fixed permutation of those layers' weights); and
-BatchNorm normalises with the biased variance in its running average too.
+BatchNorm normalises with the biased variance in its running average too. BatchNorm takes the
+batch variance in two passes, mean((x − mean)²), as PyTorch does: Flax's default
+E[x²] − E[x]² loses digits in float32 after a ReLU, where the mean is large next to the spread.
+
+The orthonormality term follows the latest official `model.py` (fe2a6a0, 2023-03-14), the M×M
+form ‖P̃_k P̃_kᵀ − I_M‖_F; an earlier revision (0ea9f1b, 2023-01-27) used the d×d form
+P̃_kᵀ P̃_k − I_d. It is logged at weight 0 too, as the official Pantypes code logs it.
 
 The official code never samples the latent (`if(~is_train): z = mu` is always true; METHODS.md
 §2.5), so z = μ here by default, which reproduces the published numbers;
@@ -53,6 +59,10 @@ HIGHEST = jax.lax.Precision.HIGHEST
 LOGVAR_BOUND = -math.log(1e-8)
 # ProtoVAE's relevance seed ε in 1 / ((μ − p)² + ε) (METHODS.md §2.8).
 PRP_EPS = 1e-4
+# Logged even at weight 0, as the official Pantypes code logs orthonormality (METHODS.md §3.1);
+# finite for any finite prototypes. The inverse volume can overflow float32 for nearly singular
+# prototypes, which would stop a run over a diagnostic, so it is computed only when weighted.
+LOGGED_AT_WEIGHT_0 = ("orthonormality",)
 
 # Encoder layers: ("conv", channels, kernel, stride, padding) blocks, each Conv → ReLU → BN,
 # and ("pool",) for a 2×2 average pool; then Dense(2d) → ReLU → Dense(2d).
@@ -205,7 +215,13 @@ class ConvTranspose2d(nn.Module):
 
 def _batch_norm(train: bool, dtype) -> nn.BatchNorm:
     # torch's BatchNorm defaults: momentum 0.1 (0.9 here), eps 1e-5, γ = 1, β = 0.
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        use_fast_variance=False,
+    )
 
 
 class Encoder(nn.Module):
@@ -439,7 +455,7 @@ def default_model_config() -> ConfigDict:
             "similarity_eps": 1e-4,
             # False: z = μ, as the official code behaves; True: z = μ + σ·ε in training.
             "sample_latent": False,
-            # Each term is computed only when its weight is non-zero.
+            # A term of weight 0 leaves the loss; orthonormality is still logged.
             "loss_weights": {
                 "cross_entropy": 1.0,
                 "reconstruction": 1.0,
@@ -513,7 +529,8 @@ class ProtoVAE(Method):
         return prototypes, variables["prototype_state"]["active"].reshape(k, m)
 
     def loss_terms(self, params, state, batch, rng, phase):
-        """(terms, outputs, new_state): every weighted loss term as a scalar."""
+        """(terms, outputs, new_state): every weighted loss term as a scalar, and the
+        `LOGGED_AT_WEIGHT_0` terms whatever their weight."""
         variables = {"params": params, **state}
         outputs, updates = self.net.apply(
             variables,
@@ -543,18 +560,18 @@ class ProtoVAE(Method):
             ),
         }
         grouped, active = self.grouped(variables)
-        if "orthonormality" in self.loss_weights:
-            terms["orthonormality"] = orthonormality_loss(grouped, active=active)
+        terms["orthonormality"] = orthonormality_loss(grouped, active=active)
         if "inverse_volume" in self.loss_weights:
             terms["inverse_volume"] = inverse_volume_loss(
                 grouped, active=active, scale=self.volume_scale
             )
-        terms = {name: value for name, value in terms.items() if name in self.loss_weights}
+        kept = {*self.loss_weights, *LOGGED_AT_WEIGHT_0}
+        terms = {name: value for name, value in terms.items() if name in kept}
         return terms, outputs, {**state, **updates}
 
     def loss(self, params, state, batch, rng, phase):
         terms, outputs, new_state = self.loss_terms(params, state, batch, rng, phase)
-        total = sum(self.loss_weights[name] * value for name, value in terms.items())
+        total = sum(weight * terms[name] for name, weight in self.loss_weights.items())
         metrics = {
             "loss": total,
             **terms,

@@ -117,6 +117,31 @@ def test_volume_and_orthonormality_terms_are_wired_with_their_weights(both_terms
     )
 
 
+def float64_orthonormality(p):
+    """Mean over classes of ‖P̃_k P̃_kᵀ − I‖_F, P̃_k the class-centred prototypes."""
+    losses = []
+    for block in np.asarray(p, np.float64):
+        centred = block - block.mean(0)
+        losses.append(np.linalg.norm(centred @ centred.T - np.eye(len(block))))
+    return np.mean(losses)
+
+
+def test_orthonormality_is_logged_at_weight_0(method, variables, batch):
+    """As the official code logs it; the total stays the sum of the weighted terms."""
+    params, state = split_state(variables)
+    loss = jax.jit(lambda p, s, b: method.loss(p, s, b, jax.random.key(0), TRAIN))
+    total, (metrics, _) = loss(params, state, batch)
+    assert "orthonormality" not in method.loss_weights
+    np.testing.assert_allclose(
+        metrics["orthonormality"],
+        float64_orthonormality(params["prototypes"].reshape(10, 3, 6)),
+        rtol=1e-5,
+    )
+    weighted = ("cross_entropy", "reconstruction", "kl", "inverse_volume")
+    np.testing.assert_allclose(total, sum(metrics[name] for name in weighted), rtol=1e-6)
+    assert float(metrics["loss"]) == float(total)
+
+
 def test_inactive_prototypes_drop_out_of_every_term(both_terms, variables, batch):
     method, loss = both_terms
     params, state = split_state(variables)

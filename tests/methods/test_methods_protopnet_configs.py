@@ -72,7 +72,7 @@ def test_big_config_runs_every_phase_under_mock_data(tmp_path, name, classes, ba
         assert 0 < len(entries) <= BATCH * 10
         assert all(e["source_label"] == e["class"] for e in entries)
         # Every ResNet-34 location at 32 px (a 1×1 grid) sees the whole image.
-        assert all(e["receptive_field_box"] == [0, 32, 0, 32] for e in entries)
+        assert all(e["receptive_field_box"] == [0, 0, 32, 32] for e in entries)
 
 
 def test_big_configs_need_their_weights_file(tmp_path):

@@ -4,6 +4,10 @@ explain launcher. The full-length run is the slow test at the end."""
 
 import dataclasses
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +15,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments.explain import explain_protopnet
 from protojax.config import load_config, set_value
 from protojax.data import pipeline
 from protojax.data.digits import load_digits
@@ -22,6 +25,7 @@ from protojax.train.loop import TrainState, make_train_step
 from protojax.train.workdir import MetricWriter
 
 M, D = 2, 8
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def tiny_config():
@@ -281,31 +285,44 @@ def test_pruning_flips_active_and_freezes_the_rows(trained, train_images, tmp_pa
     )
 
 
-def test_explain_writes_readable_figures(trained, tmp_path):
-    method, variables = trained["method"], trained["final"]
-    paths = explain_protopnet(
-        method,
-        variables,
-        trained["config"],
-        trained["dataset"],
-        tmp_path,
-        num_images=2,
-        top_k=2,
-        split="test",
+def test_explain_launcher_reads_the_workdir(trained):
+    """`python -m experiments.explain` end to end: load_workdir, load_dataset, the "this
+    looks like that" figures, the class galleries and explanations.json."""
+    workdir = trained["workdir"]
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.explain", f"--workdir={workdir}", "--num_images=2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XLA_FLAGS": ""},
+        timeout=300,
     )
-    names = sorted(p.relative_to(tmp_path).as_posix() for p in paths)
-    assert names[:2] == ["gallery/class_000.png", "gallery/class_001.png"]
-    assert "image_000.png" in names and "image_001.png" in names and len(names) == 12
-    for path in paths:
-        with Image.open(path) as image:
-            assert image.size[0] >= 300 and image.size[1] >= 200
-    records = json.loads((tmp_path / "explanations.json").read_text())["images"]
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = workdir / "explanations"
+    expected = [
+        "image_000.png",
+        "image_001.png",
+        *(f"gallery/class_{k:03d}.png" for k in range(10)),
+    ]
+    assert result.stdout.strip().splitlines()[-1] == f"Wrote {len(expected)} figures under {out}."
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == sorted(expected)
+    for name in expected:
+        with Image.open(out / name) as image:
+            pixels = np.asarray(image.convert("RGB"), np.float64)
+        assert pixels.shape[0] >= 200 and pixels.shape[1] >= 300, name
+        # Drawn, not blank: many colours and dark (text, image) beside light pixels.
+        assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50, name
+        assert pixels.min() < 64 and pixels.max() > 192, name
+    records = json.loads((out / "explanations.json").read_text())["images"]
+    assert [r["index"] for r in records] == [0, 1]
     test = trained["dataset"].split("test").get_batch(np.arange(2))
-    logits = np.asarray(method.predict(variables, jnp.asarray(test["image"])))
-    kernel = variables["params"]["last_layer"]["kernel"]
-    for record, row in zip(records, logits):
-        assert record["predicted"] == int(np.argmax(row))
+    logits = np.asarray(trained["method"].predict(trained["final"], jnp.asarray(test["image"])))
+    kernel = trained["final"]["params"]["last_layer"]["kernel"]
+    for record, row, label in zip(records, logits, test["label"]):
+        assert record["label"] == int(label) and record["predicted"] == int(np.argmax(row))
         np.testing.assert_allclose(record["logit"], row.max(), rtol=1e-5)
+        assert len(record["prototypes"]) == 3  # the default --top_k
         for shown in record["prototypes"]:
             assert shown["weight"] == pytest.approx(kernel[shown["prototype"], record["predicted"]])
             assert shown["contribution"] == pytest.approx(shown["similarity"] * shown["weight"])
