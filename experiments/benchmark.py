@@ -98,11 +98,12 @@ def benchmark(config, *, steps: int, warmup: int, phase_name: str = "") -> dict:
     batch = pipeline.to_global(synthetic_batch(dataset, batch_size), mesh)
 
     start = time.perf_counter()
-    compiled = (
-        jax.jit(step, donate_argnums=(0,), out_shardings=(replicated,) * 3)
-        .lower(state, batch)
-        .compile()
-    )
+    with jax.threefry_partitionable(True):  # as the engine compiles its steps
+        compiled = (
+            jax.jit(step, donate_argnums=(0,), out_shardings=(replicated,) * 3)
+            .lower(state, batch)
+            .compile()
+        )
     compile_seconds = time.perf_counter() - start
     holder = {"state": state}
 
@@ -176,8 +177,7 @@ def pipeline_throughput(config, *, steps: int) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    FLAGS([__name__, *[a for a in argv if not a.startswith("--config")]])
-    config, name, _ = cli.load_config_from_argv([a for a in argv if a.startswith("--config")])
+    config, name = cli.load_config(*cli.parse_flags(argv))
     if FLAGS.batch_size:
         from protojax.config import set_value
 

@@ -4,10 +4,15 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
+import gc
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
+
+from absl import flags
 
 from protojax.errors import ProtojaxError, UsageError
 
@@ -31,16 +36,31 @@ def split_config_args(argv: list[str]) -> tuple[str | None, list[tuple[str, str]
     return name, overrides, rest
 
 
-def load_config_from_argv(argv: list[str]):
-    """(config, config name, remaining argv) for a launcher that takes --config."""
-    from protojax.config import apply_overrides, load_config
-
+def parse_flags(argv: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
+    """Parses the launcher's absl flags from `argv`; returns the config name and overrides
+    (for `load_config`), so that flags such as --distributed can act before the config loads."""
     name, overrides, rest = split_config_args(argv)
+    if {"--help", "-h", "--helpfull"} & set(rest):
+        doc = getattr(sys.modules["__main__"], "__doc__", None) or ""
+        print(f"{doc.strip()}\n\nflags:\n{flags.FLAGS.get_help()}")
+        raise SystemExit(0)
+    positional = flags.FLAGS(["launcher", *rest])[1:]
+    if positional:
+        raise UsageError(
+            f"Unexpected argument '{positional[0]}'; flags take the form --name=value."
+        )
+    return name, overrides
+
+
+def load_config(name: str | None, overrides: list[tuple[str, str]]):
+    """(config, short config name) from `--config=NAME` and its `--config.KEY=VALUE`s."""
+    from protojax import config as config_lib
+
     if not name:
         raise UsageError("Pass --config=NAME (a file in experiments/configs/) or a path to a .py.")
-    config = load_config(name)
-    apply_overrides(config, overrides)
-    return config, os.path.splitext(os.path.basename(name))[0], rest
+    config = config_lib.load_config(name)
+    config_lib.apply_overrides(config, overrides)
+    return config, os.path.splitext(os.path.basename(name))[0]
 
 
 def setup_logging() -> None:
@@ -51,16 +71,58 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def flag_error_sentence(error: flags.Error) -> str:
+    """A usage sentence for an absl flag error; an unknown flag gets the closest valid ones."""
+    if isinstance(error, flags.UnrecognizedFlagError):
+        valid = sorted({*flags.FLAGS, "config"})
+        close = difflib.get_close_matches(error.flagname, valid, n=3, cutoff=0.5)
+        shown = close or valid
+        label = "closest valid flags" if close else "valid flags"
+        return (
+            f"Unknown flag --{error.flagname}; {label}: "
+            f"{', '.join('--' + name for name in shown)} (config keys go as --config.KEY=VALUE)."
+        )
+    return f"{str(error).strip().rstrip('.')}; see --help for the flags."
+
+
+def _release(error: BaseException) -> None:
+    """Drops the tracebacks an error holds and collects them now, so that what their
+    finalizers print (Orbax leaves un-awaited read coroutines behind a damaged checkpoint)
+    comes before the error sentence, or not at all, instead of at interpreter shutdown."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        error.__traceback__ = None
+        error = error.__cause__ or error.__context__
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gc.collect()
+    finally:
+        sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
 def error_contract() -> Iterator[None]:
-    """Turns a ProtojaxError into its sentence on the last line and the matching exit code."""
+    """Turns a ProtojaxError or an absl flag error into one sentence on the last line, with
+    exit code 2 for usage errors and 1 for data and checkpoint errors."""
     try:
         yield
     except ProtojaxError as error:
-        sys.stdout.flush()
-        print(f"error: {error}", file=sys.stderr)
-        sys.stderr.flush()
-        raise SystemExit(error.exit_code) from None
+        message, code = str(error), error.exit_code
+        _release(error)
+        _fail(message, code)
+    except flags.Error as error:
+        _fail(flag_error_sentence(error), UsageError.exit_code)
+
+
+def _fail(message: str, code: int) -> None:
+    sys.stdout.flush()
+    print(f"error: {message}", file=sys.stderr)
+    sys.stderr.flush()
+    raise SystemExit(code) from None
 
 
 def run_launcher(main: Callable[[list[str]], None]) -> None:

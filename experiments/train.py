@@ -11,6 +11,7 @@ Rerunning on an existing workdir resumes it. The workdir defaults to workdirs/NA
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 from absl import flags
@@ -40,8 +41,7 @@ def _profile_steps(value: str | None) -> tuple[int, int] | None:
 
 
 def main(argv: list[str]) -> None:
-    config_argv = [a for a in argv if a.startswith("--config")]
-    FLAGS([__name__, *[a for a in argv if not a.startswith("--config")]])
+    config_name, overrides = cli.parse_flags(argv)
     if FLAGS.distributed:
         import jax
 
@@ -50,7 +50,13 @@ def main(argv: list[str]) -> None:
             num_processes=FLAGS.num_processes,
             process_id=FLAGS.process_id,
         )
-    config, name, _ = cli.load_config_from_argv(config_argv)
+        logging.info(
+            "jax.distributed: process %d of %d, %d devices in all.",
+            jax.process_index(),
+            jax.process_count(),
+            jax.device_count(),
+        )
+    config, name = cli.load_config(config_name, overrides)
     profile = _profile_steps(FLAGS.profile_steps)
     from protojax.train import run
 

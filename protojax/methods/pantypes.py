@@ -149,11 +149,11 @@ class Pantypes(ProtoVAE):
         """One ordered pass over the training split; see `Diagnostics`."""
         latents, similarities, labels = [], [], []
         for batch in ctx.ordered_batches("train"):
-            valid = np.asarray(batch["valid"])
+            valid = ctx.host(batch["valid"])
             mu, sims = self._latents_and_similarities(variables, batch["image"])
-            latents.append(np.asarray(mu)[valid])
-            similarities.append(np.asarray(sims)[valid])
-            labels.append(np.asarray(batch["label"])[valid])
+            latents.append(ctx.host(mu)[valid])
+            similarities.append(ctx.host(sims)[valid])
+            labels.append(ctx.host(batch["label"])[valid])
         latents, similarities = np.concatenate(latents), np.concatenate(similarities)
         labels = np.concatenate(labels)
         owner = np.asarray(variables["prototype_state"]["prototype_class"])

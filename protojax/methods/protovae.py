@@ -678,7 +678,7 @@ class ProtoVAE(Method):
                 ax.set_ylabel(ctx.dataset.class_names[j // m], rotation=0, ha="right", va="center")
         fig.suptitle(f"{self.name}: decoded prototypes (rows: classes)")
         fig.tight_layout()
-        return _save(fig, ctx.figures_dir / "prototypes.png")
+        return ctx.save_figure(fig, "prototypes.png")
 
     def reconstruction_figure(self, variables, ctx, *, per_class: int = 2):
         """`per_class` test images of each of the first ten classes (top) above their
@@ -691,8 +691,8 @@ class ProtoVAE(Method):
         batch = next(
             iter(ctx.ordered_batches("test", batch_size=_padded(len(chosen), ctx), indices=chosen))
         )
-        images = np.asarray(batch["image"])[: len(chosen)]
-        rebuilt = np.asarray(self._reconstruct(variables, batch["image"]))[: len(chosen)]
+        images = ctx.host(batch["image"])[: len(chosen)]
+        rebuilt = ctx.host(self._reconstruct(variables, batch["image"]))[: len(chosen)]
         fig, axes = plt.subplots(2, len(chosen), figsize=(0.9 * len(chosen), 2.2), squeeze=False)
         for i in range(len(chosen)):
             _show(axes[0, i], self._display(images[i]))
@@ -701,7 +701,7 @@ class ProtoVAE(Method):
         axes[1, 0].set_ylabel("decoded", rotation=0, ha="right", va="center")
         fig.suptitle("Test images and their reconstructions")
         fig.tight_layout()
-        return _save(fig, ctx.figures_dir / "reconstructions.png")
+        return ctx.save_figure(fig, "reconstructions.png")
 
     def latent_figure(self, variables, ctx, *, max_points: int = 5000):
         """2-D PCA of test latents μ (at most `max_points`), prototypes as stars."""
@@ -710,9 +710,9 @@ class ProtoVAE(Method):
         indices = np.arange(min(len(test), max_points))
         latents, labels = [], []
         for batch in ctx.ordered_batches("test", indices=indices):
-            valid = np.asarray(batch["valid"])
-            latents.append(np.asarray(self._embed(variables, batch["image"]))[valid])
-            labels.append(np.asarray(batch["label"])[valid])
+            valid = ctx.host(batch["valid"])
+            latents.append(ctx.host(self._embed(variables, batch["image"]))[valid])
+            labels.append(ctx.host(batch["label"])[valid])
         latents, labels = np.concatenate(latents), np.concatenate(labels)
         prototypes = np.asarray(variables["params"]["prototypes"])
         active = np.asarray(variables["prototype_state"]["active"])
@@ -750,7 +750,7 @@ class ProtoVAE(Method):
         )
         ax.legend(fontsize=7, markerscale=2, loc="best", ncol=2)
         fig.tight_layout()
-        return _save(fig, ctx.figures_dir / "latent_pca.png")
+        return ctx.save_figure(fig, "latent_pca.png")
 
 
 def _pyplot():
@@ -777,12 +777,6 @@ def _show(ax, image: np.ndarray) -> None:
         ax.imshow(image)
     ax.set_xticks([])
     ax.set_yticks([])
-
-
-def _save(fig, path):
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
-    return path
 
 
 def build(config: ConfigDict, dataset: Dataset) -> ProtoVAE:

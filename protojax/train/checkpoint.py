@@ -72,7 +72,7 @@ class Checkpointer:
         except CheckpointError:
             raise
         except Exception as error:  # Orbax raises many types for damaged files.
-            detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+            detail = _first_sentence(error)
             raise CheckpointError(
                 f"Checkpoint {path} is corrupt or does not match this model "
                 f"({type(error).__name__}: {detail}); move it aside to resume from an "
@@ -86,6 +86,12 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _first_sentence(error: Exception) -> str:
+    """The head of an Orbax/TensorStore message, without its pointer to further details."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return text.split(" See full TensorStore details")[0][:200]
 
 
 def _check_structure(expected: Any, restored: Any) -> None:

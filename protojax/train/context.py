@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from protojax.config import ConfigDict
@@ -20,7 +21,7 @@ from protojax.data import pipeline
 from protojax.data.base import Dataset
 from protojax.errors import UsageError
 from protojax.train.protocol import Method, Variables
-from protojax.train.workdir import FIGURES, MetricWriter
+from protojax.train.workdir import FIGURES, MetricWriter, is_main_process
 
 
 def _eval_counts(method: Method, variables: Variables, batch) -> tuple[jax.Array, jax.Array]:
@@ -46,8 +47,33 @@ class RunContext:
     @property
     def figures_dir(self) -> pathlib.Path:
         path = self.workdir / FIGURES
-        path.mkdir(parents=True, exist_ok=True)
+        if is_main_process():
+            path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def save_figure(self, fig, name: str, *, dpi: int = 110) -> pathlib.Path:
+        """Writes a matplotlib figure to `figures/NAME` and closes it; returns the path.
+
+        Every process builds the figure (the passes behind it are collective on a multi-host
+        mesh) and calls this; only the main process writes.
+        """
+        import matplotlib.pyplot as plt
+
+        path = self.figures_dir / name
+        if is_main_process():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=dpi)
+        plt.close(fig)
+        return path
+
+    @staticmethod
+    def host(x: jax.Array) -> np.ndarray:
+        """The whole of a global array (a batch of `ordered_batches`, or a result computed
+        from one) as NumPy. Where the mesh spans several processes this is an all-gather,
+        so every process must call it."""
+        if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+            return np.asarray(x)
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
     @functools.cached_property
     def _eval_fn(self):

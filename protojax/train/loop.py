@@ -10,6 +10,7 @@ ends with bit-identical parameters.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import pathlib
 import time
@@ -171,6 +172,19 @@ def restore_variables(method: Method, config, dataset: Dataset, workdir: pathlib
     return restored.variables
 
 
+def partitionable(fn):
+    """`fn` traced, compiled and run with the partitionable threefry, whatever the global
+    default: a step's draws on a sharded batch then need no communication, and do not depend
+    on the device count."""
+
+    @functools.wraps(fn)
+    def call(*args):
+        with jax.threefry_partitionable(True):
+            return fn(*args)
+
+    return call
+
+
 def make_train_step(method: Method, phase: Phase, tx, base_rng, accum: int):
     """The jit-able step `(state, batch) -> (state, metrics, finite_flags)`."""
 
@@ -243,6 +257,7 @@ class _Trainer:
         self.train_seconds = 0.0
         self.train_images = 0
         self.wall_before = 0.0
+        self.tracing = False
 
     # --- checkpoints -----------------------------------------------------------------
     def save(self, state: TrainState, host: dict) -> None:
@@ -285,11 +300,12 @@ class _Trainer:
                 self.base_rng,
                 self.config.train.grad_accum_steps,
             )
-            self.steps[index] = jax.jit(
+            jitted = jax.jit(
                 step,
                 donate_argnums=(0,),
                 out_shardings=(self.replicated, self.replicated, self.replicated),
             )
+            self.steps[index] = partitionable(jitted)
         return self.steps[index]
 
     def check_flags(self, flags, step: int) -> None:
@@ -313,11 +329,7 @@ class _Trainer:
             variables = self.method.load_pretrained(state.variables)
             state = state.replace(variables=jax.device_put(variables, self.replicated))
         state, host = self.restore(state)
-        step, phase_index, epoch_in_phase = (
-            host["step"],
-            host["phase_index"],
-            host["epoch_in_phase"],
-        )
+        step = host["step"]
         stop_after = self.config.train.stop_after_steps
         if stop_after and step >= stop_after:
             log.info("Already at step %d >= train.stop_after_steps=%d.", step, stop_after)
@@ -329,6 +341,24 @@ class _Trainer:
             enabled=self.config.train.progress and wd.is_main_process(),
         )
         progress.done = step
+        # Every exit, an error included, ends the bar's line (so that an error sentence gets
+        # a line of its own) and ends a trace still running.
+        try:
+            state, step, finished = self.train(state, plan, host, progress)
+        finally:
+            progress.close()
+            self.stop_profile()
+        self.checkpointer.wait()
+        return self.finish(state, step) if finished else None
+
+    def train(self, state, plan: _Plan, host: dict, progress: Progress):
+        """The phases from the restored position: `(state, step, finished)`."""
+        step, phase_index, epoch_in_phase = (
+            host["step"],
+            host["phase_index"],
+            host["epoch_in_phase"],
+        )
+        stop_after = self.config.train.stop_after_steps
         while phase_index < len(plan.phases):
             phase = plan.phases[phase_index]
             self.ctx.phase = phase.name
@@ -337,7 +367,7 @@ class _Trainer:
                     state, plan, phase_index, epoch_in_phase, step, progress
                 )
                 if stopped:
-                    return None
+                    return state, step, False
                 epoch_in_phase += 1
                 state = self.end_of_epoch(state, plan, phase_index, epoch_in_phase, step)
                 if stop_after and step >= stop_after:
@@ -345,15 +375,32 @@ class _Trainer:
                         self.checkpointer.wait()
                     else:
                         self.save(state, self._host(step, phase_index, epoch_in_phase))
-                    progress.close()
-                    return None
+                    return state, step, False
             if phase.after is not None:
                 state = self.apply_op(state, phase.after, step)
             phase_index, epoch_in_phase = phase_index + 1, 0
             self.save(state, self._host(step, phase_index, 0))
-        progress.close()
-        self.checkpointer.wait()
-        return self.finish(state, step)
+        return state, step, True
+
+    # --- profiling -------------------------------------------------------------------
+    def profile(self, step: int, state) -> None:
+        """Starts the trace before the first step of this run at or past profile_steps[0]
+        (a resume may start inside the window), and stops it once `step` reaches [1]."""
+        if not self.profile_steps:
+            return
+        first, last = self.profile_steps
+        if not self.tracing and first <= step < last:
+            jax.profiler.start_trace(str(self.workdir / "profile"))
+            self.tracing = True
+        elif self.tracing and step >= last:
+            self.stop_profile(state)
+
+    def stop_profile(self, state=None) -> None:
+        if self.tracing:
+            if state is not None:
+                jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            self.tracing = False
 
     @staticmethod
     def _host(step: int, phase_index: int, epoch_in_phase: int) -> dict:
@@ -379,8 +426,7 @@ class _Trainer:
         pending_flags, window = None, []
         first = True
         for local in batches:
-            if self.profile_steps and step == self.profile_steps[0]:
-                jax.profiler.start_trace(str(self.workdir / "profile"))
+            self.profile(step, state)
             tick = time.perf_counter()
             batch = pipeline.to_global(local, self.mesh)
             state, metrics, flags = step_fn(state, batch)
@@ -395,26 +441,22 @@ class _Trainer:
             else:
                 self.train_seconds += time.perf_counter() - tick
                 self.train_images += self.config.data.batch_size
-            if self.profile_steps and step == self.profile_steps[1]:
-                jax.block_until_ready(state.step)
-                jax.profiler.stop_trace()
+            self.profile(step, state)
             progress.update(1)
             if step % train.log_every_steps == 0 or step == epoch_end:
                 self.check_flags(pending_flags, step)
                 self.log_window(window, phase, plan, step, state)
                 window = []
-            at_epoch_end = step == epoch_end
-            if (
-                not at_epoch_end
-                and train.checkpoint_every_steps
-                and (step % train.checkpoint_every_steps == 0)
-            ):
-                self.save(state, self._host(step, phase_index, epoch_in_phase))
-            if not at_epoch_end and train.stop_after_steps and step >= train.stop_after_steps:
+            if step == epoch_end:
+                break
+            stop = bool(train.stop_after_steps) and step >= train.stop_after_steps
+            if stop or (train.checkpoint_every_steps and step % train.checkpoint_every_steps == 0):
+                # A non-finite step on a save boundary is reported by its term, not as a
+                # refused checkpoint.
                 self.check_flags(pending_flags, step)
                 self.save(state, self._host(step, phase_index, epoch_in_phase))
+            if stop:
                 self.checkpointer.wait()
-                progress.close()
                 return state, step, True
         if pending_flags is not None:
             self.check_flags(pending_flags, step)
@@ -485,12 +527,14 @@ class _Trainer:
             **self.ctx.records,
         }
         summary.update(self.method.summarize(variables, self.ctx))
+        # Every process takes part in the method's figures (their data passes are collective
+        # on a multi-host mesh); only the main process writes them.
+        figures = list(self.method.figures(variables, self.ctx))
         if wd.is_main_process():
             from protojax.train.figures import training_curves
 
-            figures = [training_curves(self.workdir)]
-            figures += self.method.figures(variables, self.ctx)
-            summary["figures"] = [str(pathlib.Path(f).relative_to(self.workdir)) for f in figures]
+            figures.insert(0, training_curves(self.workdir))
+        summary["figures"] = [str(pathlib.Path(f).relative_to(self.workdir)) for f in figures]
         wd.write_summary(self.workdir, summary)
         self.writer.write({"kind": "summary", "step": step, **summary})
         return summary

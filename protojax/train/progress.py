@@ -41,6 +41,7 @@ class Progress:
         self.done = 0
         self.start = time.perf_counter()
         self.postfix = ""
+        self._line_open = False  # a redrawn bar is on screen without its newline
 
     def update(self, count: int = 1, postfix: str = "") -> None:
         self.done += count
@@ -66,6 +67,7 @@ class Progress:
                 f"[{_duration(elapsed)}<{_duration(eta)}, {rate:.1f} {self.unit}/s] {self.postfix}"
             )
             self.stream.write(line.ljust(110) + end)
+            self._line_open = not end
         else:
             self.stream.write(
                 f"{self.description}: {self.done}/{self.total} {self.unit}s, {rate:.1f}/s, "
@@ -75,6 +77,8 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled and self.tty:
+        """Ends the bar's line; safe to call more than once."""
+        if self._line_open:
             self.stream.write("\n")
             self.stream.flush()
+            self._line_open = False

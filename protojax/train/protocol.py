@@ -117,6 +117,9 @@ class Method(abc.ABC):
         return {}
 
     def figures(self, variables: Variables, ctx: RunContext) -> list[str]:
-        """Writes method-specific figures under `ctx.figures_dir`; returns their paths."""
+        """Method-specific figures, written with `ctx.save_figure`; returns their paths.
+
+        Called on every process: data passes are collective on a multi-host mesh (use
+        `ctx.host` to bring their results to NumPy), and only the main process writes."""
         del variables, ctx
         return []

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -21,12 +22,14 @@ from protojax.train.loop import restore_variables
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def small_config(steps):
+def small_config(steps, batch_size=32):
+    """8-px digits; `steps` > 0 stops there, 0 trains the whole (single) epoch."""
     config = load_config("blackbox_digits")
     for key, value in [
         ("data.image_size", 8),
-        ("data.batch_size", 32),
+        ("data.batch_size", batch_size),
         ("data.eval_batch_size", 128),
+        ("train.epochs", 1),
         ("train.stop_after_steps", steps),
         ("train.progress", False),
         ("train.log_every_steps", 5),
@@ -72,26 +75,55 @@ def _free_port():
         return s.getsockname()[1]
 
 
+class PredictionFigure:
+    """A figure as methods make them: a pass over the test split on the mesh (collective
+    where the mesh spans processes), its results brought to NumPy on every process, and the
+    figure written by the main process."""
+
+    def figures(self, variables, ctx):
+        import matplotlib.pyplot as plt
+
+        predict = jax.jit(lambda v, x: jnp.argmax(self.predict(v, x), axis=-1))
+        predicted = np.concatenate(
+            [
+                ctx.host(predict(variables, batch["image"]))[ctx.host(batch["valid"])]
+                for batch in ctx.ordered_batches("test")
+            ]
+        )
+        counts = np.bincount(predicted, minlength=self.num_classes)
+        print("predicted per class", jax.process_index(), counts.tolist(), flush=True)
+        fig, ax = plt.subplots()
+        ax.bar(range(self.num_classes), counts)
+        return [ctx.save_figure(fig, "predicted.png")]
+
+
 WORKER = """
-import json, sys
+import sys
 import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(
     coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2])
 )
 sys.path.insert(0, sys.argv[4])
-from test_train_devices import small_config  # noqa: E402
+from test_train_devices import PredictionFigure, small_config  # noqa: E402
 from protojax.data.digits import load_digits
+from protojax.methods.blackbox import BlackBox
 from protojax.train import make_data_mesh, run
 
+class Method(PredictionFigure, BlackBox):
+    pass
+
 assert jax.process_count() == 2 and len(jax.devices()) == 4 and len(jax.local_devices()) == 2
-run(None, small_config(5), sys.argv[3], make_data_mesh(), dataset=load_digits(image_size=8))
+config, digits = small_config(0, batch_size=256), load_digits(image_size=8)
+run(Method(config, digits), config, sys.argv[3], make_data_mesh(), dataset=digits)
 print("done", jax.process_index())
 """
 
 
 def test_two_processes_match_one_process_with_four_devices(tmp_path, digits8):
-    """jax.distributed on loopback with the gloo CPU collectives: 2 processes × 2 devices."""
+    """jax.distributed on loopback with the gloo CPU collectives: 2 processes × 2 devices
+    train one epoch of 5 steps, evaluate, and make a figure from a pass over the test split;
+    only process 0 writes the workdir's records and figures."""
     address = f"127.0.0.1:{_free_port()}"
     workdir = tmp_path / "two"
     env = {
@@ -123,14 +155,27 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path, digits8):
     for i, (proc, out) in enumerate(zip(procs, outputs)):
         assert proc.returncode == 0, f"process {i} failed:\n{out[-3000:]}"
         assert f"done {i}" in out
-    config = small_config(5)
+    config = small_config(0, batch_size=256)
     single = tmp_path / "single"
-    run(None, config, single, make_data_mesh(jax.devices()[:4]), dataset=digits8)
+    summary = run(None, config, single, make_data_mesh(jax.devices()[:4]), dataset=digits8)
     method = build_method(config, digits8)
     expected = restore_variables(method, config, digits8, single)
     got = restore_variables(method, config, digits8, workdir)
     assert_close_per_leaf(got, expected)
-    steps = [
-        json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
+    two = json.loads((workdir / "summary.json").read_text())
+    assert two["steps"] == summary["steps"] == 5
+    assert two["test_accuracy"] == pytest.approx(summary["test_accuracy"], abs=1 / 360)
+    # Each process gathered all 360 test predictions; they agree with a NumPy argmax of
+    # the final model on the test images.
+    test = digits8.split("test")
+    batch = test.get_batch(np.arange(len(test)))
+    predicted = np.argmax(np.asarray(method.predict(got, batch["image"])), axis=1)
+    counts = np.bincount(predicted, minlength=10).tolist()
+    for i, out in enumerate(outputs):
+        assert f"predicted per class {i} {counts}" in out
+    assert "figures/predicted.png" in two["figures"]
+    assert (workdir / "figures" / "predicted.png").stat().st_size > 1000
+    kinds = [
+        json.loads(line)["kind"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
     ]
-    assert steps == [5], "only process 0 writes metrics.jsonl, once per logged step"
+    assert kinds == ["train", "epoch", "summary"], "only process 0 writes metrics.jsonl"

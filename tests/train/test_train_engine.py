@@ -4,8 +4,11 @@ A toy method (a two-layer MLP on 8×8 digits) keeps these tests fast; the black 
 in tests/methods.
 """
 
+import gc
+import io
 import json
 import pathlib
+import sys
 
 import flax.linen as nn
 import jax
@@ -115,11 +118,6 @@ def toy_config(**train):
 @pytest.fixture(scope="module")
 def mesh2():
     return make_data_mesh(jax.devices()[:2])
-
-
-def _params(workdir):
-    _, variables, _ = protojax.load_workdir(workdir)
-    return variables
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +241,7 @@ def test_truncated_checkpoint_is_a_clear_error_and_nothing_is_deleted(tmp_path, 
     with pytest.raises(CheckpointError, match="corrupt or does not match"):
         run(Toy(), toy_config(), tmp_path, mesh2, dataset=digits8)
     assert sorted(str(p) for p in checkpoints.rglob("*")) == listing
+    gc.collect()
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -250,6 +249,7 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, digits8, mesh2):
     run(Toy(), toy_config(stop_after_steps=5), tmp_path, mesh2, dataset=digits8)
     with pytest.raises(CheckpointError, match="another model|does not match"):
         run(Toy(hidden=12), toy_config(), tmp_path, mesh2, dataset=digits8)
+    gc.collect()  # the coroutines are reported here (filtered), not in a later test
 
 
 def test_non_finite_loss_names_step_and_term_and_keeps_last_good_checkpoint(
@@ -266,6 +266,102 @@ def test_non_finite_loss_names_step_and_term_and_keeps_last_good_checkpoint(
     variables = _restore(tmp_path, digits8)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables["params"]))
     assert latest is not None and int(variables["counter"]["steps"]) == 10
+
+
+class Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_non_finite_step_on_a_checkpoint_boundary_names_the_term(
+    tmp_path, digits8, mesh2, monkeypatch
+):
+    """Step 15 is non-finite and a checkpoint is due at it: the run names the step and the
+    term (rather than refusing the checkpoint), keeps the one of step 10, and ends the
+    progress bar's line so that the sentence gets its own."""
+    tty = Tty()
+    monkeypatch.setattr(sys, "stderr", tty)
+    config = toy_config(checkpoint_every_steps=5, progress=True)
+    with pytest.raises(NonFiniteError) as raised:
+        run(Toy(nan_at_step=14), config, tmp_path, mesh2, dataset=digits8)
+    message = str(raised.value)
+    # The NaN term is constant in the parameters: their update stays finite, so a save at
+    # step 15 would have gone through and replaced the last good checkpoint.
+    assert message.startswith("The exploding, loss term became non-finite at step 15;")
+    assert "last good checkpoint" in message
+    variables = _restore(tmp_path, digits8)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables["params"]))
+    assert int(variables["counter"]["steps"]) == 10
+    assert "15/160" in tty.getvalue() and tty.getvalue().endswith("\n")
+
+
+def test_steps_use_the_partitionable_threefry_whatever_the_default(tmp_path, digits8, mesh2):
+    """Toy's loss draws from the step key; the classic and partitionable threefry give other
+    numbers for it, so equal parameters mean that the steps ignored the global default."""
+    with jax.threefry_partitionable(False):
+        classic = jax.random.normal(jax.random.key(0), (4,))
+    assert not np.array_equal(classic, jax.random.normal(jax.random.key(0), (4,)))
+    config = toy_config(stop_after_steps=3)
+    with jax.threefry_partitionable(False):
+        run(Toy(jitter=1.0), config, tmp_path / "classic", mesh2, dataset=digits8)
+    with jax.threefry_partitionable(True):
+        run(Toy(jitter=1.0), config, tmp_path / "partitionable", mesh2, dataset=digits8)
+    classic = _restore(tmp_path / "classic", digits8)
+    partitionable = _restore(tmp_path / "partitionable", digits8)
+    jax.tree.map(np.testing.assert_array_equal, classic, partitionable)
+
+
+def _traces(workdir):
+    return {p: p.stat().st_mtime_ns for p in (workdir / "profile").rglob("*.xplane.pb")}
+
+
+def test_profile_trace_ends_with_the_run_and_starts_inside_the_window_on_resume(
+    tmp_path, digits8, mesh2
+):
+    """A run that stops (step 5) before the window's end (50) still writes its trace, and a
+    resume from step 5 into the window 1:7 starts a trace at once and stops it at step 7."""
+    run(
+        Toy(),
+        toy_config(stop_after_steps=5),
+        tmp_path,
+        mesh2,
+        dataset=digits8,
+        profile_steps=(2, 50),
+    )
+    first = _traces(tmp_path)
+    assert len(first) == 1 and next(iter(first)).stat().st_size > 1000
+    run(
+        Toy(),
+        toy_config(stop_after_steps=8),
+        tmp_path,
+        mesh2,
+        dataset=digits8,
+        profile_steps=(1, 7),
+    )
+    second = _traces(tmp_path)
+    assert any(first.get(path) != mtime for path, mtime in second.items())
+    # No trace is left running: a new one can start.
+    jax.profiler.start_trace(str(tmp_path / "after"))
+    jax.profiler.stop_trace()
+
+
+def test_load_workdir_reproduces_the_recorded_test_accuracy(tmp_path, digits8, mesh2):
+    """A finished black-box run, read back from its workdir alone: its predictions on the
+    test images give exactly the test_accuracy of summary.json."""
+    config = toy_config(epochs=1)
+    config.data.batch_size = 128
+    run(None, config, tmp_path, mesh2, dataset=digits8)
+    method, variables, loaded = protojax.load_workdir(str(tmp_path))
+    assert method.name == "blackbox"
+    assert protojax.config.to_dict(loaded) == protojax.config.to_dict(config)
+    test = digits8.split("test")
+    batch = test.get_batch(np.arange(len(test)))  # data.normalization is "none"
+    logits = np.asarray(jax.jit(method.predict)(variables, batch["image"]))
+    assert logits.shape == (360, 10)
+    correct = int(np.sum(np.argmax(logits, axis=1) == batch["label"]))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 10
+    assert correct / 360 == summary["test_accuracy"]
 
 
 def test_gradient_accumulation_matches_the_full_batch(tmp_path, digits8, mesh2):
@@ -290,13 +386,7 @@ def test_batch_must_divide_by_devices(tmp_path, digits8):
 
 
 def test_progress_bar_on_a_terminal_and_plain_lines_otherwise():
-    import io
-
     from protojax.train.progress import Progress
-
-    class Tty(io.StringIO):
-        def isatty(self):
-            return True
 
     tty, plain = Tty(), io.StringIO()
     bar = Progress(10, "train", stream=tty)
@@ -307,3 +397,8 @@ def test_progress_bar_on_a_terminal_and_plain_lines_otherwise():
     assert "\r" in tty.getvalue() and "10/10" in tty.getvalue() and "step/s" in tty.getvalue()
     assert plain.getvalue().count("\n") == 2 and "\r" not in plain.getvalue()
     assert "eta" in plain.getvalue()
+    bar.close()
+    bar.close()  # ends the line once
+    lines.close()
+    assert tty.getvalue().endswith("\n") and not tty.getvalue().endswith("\n\n")
+    assert plain.getvalue().count("\n") == 2
