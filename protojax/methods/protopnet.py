@@ -73,6 +73,7 @@ from protojax.prototypes.projection import (
 from protojax.train import optim
 from protojax.train.loop import compute_dtype
 from protojax.train.protocol import Method, Phase
+from protojax.train.workdir import is_main_process
 
 ADD_ON_KINDS = ("regular", "bottleneck")
 PROTOTYPE_IMAGES = "prototypes"
@@ -735,11 +736,8 @@ class ProtoPNet(Method):
         ctx.record("push_history", [*history, entry])
         ctx.log(event="push", **entry)
         if self.config.model.save_prototype_images:
-            from protojax.train.workdir import is_main_process
-
-            if is_main_process():
-                directory = ctx.figures_dir / PROTOTYPE_IMAGES / f"push_{entry['push']:02d}"
-                self.save_prototype_images(variables, ctx, directory)
+            directory = ctx.figures_dir / PROTOTYPE_IMAGES / f"push_{entry['push']:02d}"
+            self.save_prototype_images(variables, ctx, directory)
         return variables
 
     # --- pruning -----------------------------------------------------------------------
@@ -808,12 +806,17 @@ class ProtoPNet(Method):
         95th percentile (`high_activation_box`). The official code draws the map of the
         prototype before its replacement; after push the two differ by the projection step.
 
+        Every process computes the maps (a jitted pass over the run's mesh, collective on
+        several hosts); only the main process writes.
+
         Returns:
           The path of `index.json`.
         """
         from protojax.data.pipeline import normalize
 
-        directory.mkdir(parents=True, exist_ok=True)
+        writing = is_main_process()
+        if writing:
+            directory.mkdir(parents=True, exist_ok=True)
         prototype_state = jax.device_get(variables["prototype_state"])
         rf_boxes = self.receptive_fields(variables)
         split = ctx.dataset.split("train")
@@ -825,6 +828,8 @@ class ProtoPNet(Method):
             raw = split.get_batch(prototype_state["source_index"][ids])
             images = normalize(raw["image"], self.config.data.normalization)
             maps = np.asarray(self.self_activations(variables, images, ids))
+            if not writing:
+                continue
             for row, j in enumerate(ids):
                 entries.append(
                     self._write_prototype(
@@ -838,6 +843,8 @@ class ProtoPNet(Method):
                     )
                 )
         index = directory / "index.json"
+        if not writing:
+            return index
         index.write_text(
             json.dumps(
                 {
