@@ -1,8 +1,8 @@
 """Black-box reference: a small CNN on the generated shapes set (64 px, 6 classes).
 
 Command: python -m experiments.train --config=blackbox_shapes --workdir=workdirs/blackbox_shapes
-Runtime: about 10 minutes on 2 CPU cores.
-Expected: test_accuracy ≥ 0.9 (0.99 measured).
+Runtime: about 15–20 minutes on 2 idle CPU cores (29 CPU-minutes measured).
+Expected: test_accuracy ≥ 0.9 (0.997 measured, seed 0).
 """
 
 from experiments.configs.common import base_config

@@ -8,7 +8,7 @@ Figures in WORKDIR/figures: prototypes.png (each prototype decoded, one row per 
 reconstructions.png (test images above their reconstructions) and latent_pca.png (a 2-D PCA
 of the test latents with the prototypes as stars). The 1,293 training images are upsampled
 from 8×8; a latent of 32 with 5 prototypes per class, 20 epochs at batch 32 with small random
-crops and rotations (benchmarks/vae_digits_cpu.md). The official MNIST setting
+crops and rotations (benchmarks/training_runs_cpu.md). The official MNIST setting
 (protovae_mnist) is latent 256, batch 128, 10 epochs, no augmentation.
 """
 

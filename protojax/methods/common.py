@@ -80,6 +80,13 @@ def load_backbone(variables, source: str, *, arch: str, allow_random_init: bool 
             "No backbone weights at %s; training from a random backbone.", path
         )
         return variables
+    if path.suffix != ".npz":
+        raise CheckpointError(
+            f"No trained run at {path} (it has no config.json); train a run with a {arch} "
+            f"backbone there first (python -m experiments.train --config=NAME --workdir={path}), "
+            "point model.backbone_weights at converted weights (.npz), or set "
+            "model.allow_random_init=True to train from scratch."
+        )
     raise CheckpointError(
         f"No backbone weights at {path}; convert ImageNet weights with `python -m "
         f"experiments.convert_weights --arch={arch} --torch_checkpoint=PTH --out={path}` (or "

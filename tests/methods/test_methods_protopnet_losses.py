@@ -216,7 +216,14 @@ def test_missing_backbone_weights_stop_with_the_command(tmp_path):
     method = build_method(config, describe(config.data))
     with pytest.raises(CheckpointError, match=r"resnet\.npz.*convert_weights.*allow_random_init"):
         method.load_pretrained(variables)
+    # A donor workdir that was never trained names the training command.
+    set_value(config, "model.backbone_weights", str(tmp_path / "blackbox_run"))
+    method = build_method(config, describe(config.data))
+    with pytest.raises(CheckpointError, match=r"No trained run at .*blackbox_run.*--workdir="):
+        method.load_pretrained(variables)
+    set_value(config, "model.backbone_weights", str(tmp_path / "resnet.npz"))
     set_value(config, "model.allow_random_init", True)
+    method = build_method(config, describe(config.data))
     assert method.load_pretrained(variables) is variables
 
     # A converted file is loaded into the backbone scope; the rest keeps its initialisation.
