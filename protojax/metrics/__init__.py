@@ -1,8 +1,10 @@
 """Metrics for SEMs and explainers: accuracy, localisation, faithfulness, robustness, diversity.
 
-Every metric returns `MetricResult(per_example, aggregate)`. Metrics are model-agnostic: they
-take arrays and callables (`score_fn`, `explain_fn`). All but `max_box_accuracy` (connected
-components on the host) are jit-compiled internally and can be called under `jax.jit`.
+Every metric returns `MetricResult(per_example, aggregate)`, or a NamedTuple that begins with
+those two fields (`CurveResult` of the deletion and insertion curves, which adds the curves).
+Metrics are model-agnostic: they take arrays and callables (`score_fn`, `explain_fn`). All but
+`max_box_accuracy` (connected components on the host) are jit-compiled internally and can be
+called under `jax.jit`.
 """
 
 from protojax.metrics.accuracy import accuracy

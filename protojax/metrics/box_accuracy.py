@@ -100,25 +100,31 @@ def max_box_accuracy(
     boxes: jax.Array | np.ndarray | Sequence[np.ndarray],
     *,
     iou_thresholds: Sequence[float] = (0.3, 0.5, 0.7),
-    num_thresholds: int = 100,
+    num_thresholds: int = 1000,
 ) -> MetricResult:
     """MaxBoxAcc v2: the best-threshold box accuracy over all connected components.
 
     For each image, the map is min-max normalised to [0, 1] (a constant map becomes all
-    zeros). For each CAM threshold τ in `0, 1/T, ..., (T-1)/T` (T = `num_thresholds`; the
-    official code's default step is 0.001 on 8-bit quantised maps), boxes are drawn around
-    every 8-connected component of `{map ≥ τ}`. The image is correct at (τ, δ) if any of
-    these boxes has IoU ≥ δ with any of its ground-truth boxes. BoxAcc(τ, δ) is the fraction
-    of correct images, MaxBoxAcc(δ) = max_τ BoxAcc(τ, δ), and v2 averages over δ.
+    zeros). For each CAM threshold τ in `0, 1/T, ..., (T-1)/T` (T = `num_thresholds`),
+    boxes are drawn around every 8-connected component of `{map ≥ τ}`. The image is correct
+    at (τ, δ) if any of these boxes has IoU ≥ δ with any of its ground-truth boxes.
+    BoxAcc(τ, δ) is the fraction of correct images, MaxBoxAcc(δ) = max_τ BoxAcc(τ, δ), and
+    v2 averages over δ.
+
+    The defaults are the official wsolevaluation settings of MaxBoxAccV2: T = 1000
+    thresholds (`cam_curve_interval=0.001`), boxes around all the contours
+    (`multi_contour_eval=True`) rather than the largest, and δ = 0.3, 0.5, 0.7 averaged.
 
     Differences from the official code: the map is thresholded in float64 rather than after
     8-bit quantisation, `≥ τ` is used where OpenCV's threshold is strict, boxes have exclusive
     ends without the official `+1` in IoU, and holes in components (which OpenCV's
     `RETR_TREE` also boxes) add no boxes.
 
-    Runs on the host (`scipy.ndimage` labelling); not jit-able. The cost is about
-    B · T component labellings of an H × W image, fewer where successive thresholds select the
-    same pixels.
+    Runs on the host (`scipy.ndimage` labelling); not jit-able. The cost is one component
+    labelling per distinct set `{map ≥ τ}`, at most T per image: about 0.5 s per smooth
+    224 × 224 map at T = 1000 on one core of the development machine, ten times less at
+    T = 100 (a coarser curve; the official code's 8-bit maps give at most 256 distinct
+    sets).
 
     Args:
       saliency: `[B, H, W]` saliency maps (or `[B, H, W, 1]`), finite.
@@ -127,7 +133,7 @@ def max_box_accuracy(
         no area (`y1 ≤ y0` or `x1 ≤ x0`) are padding and ignored; an image without a box is
         never correct.
       iou_thresholds: the IoU thresholds δ, each in (0, 1].
-      num_thresholds: T, the number of CAM thresholds.
+      num_thresholds: T, the number of CAM thresholds; 1000 as the official code.
 
     Returns:
       `MetricResult(per_example, aggregate)`: `per_example` is `[B, D]` bool, whether each
@@ -148,15 +154,13 @@ def max_box_accuracy(
     best_iou = np.zeros((saliency.shape[0], num_thresholds))
     for i, (scoremap, image_boxes) in enumerate(zip(saliency, ground_truth)):
         scoremap = _normalise(scoremap)
-        previous_count, previous_iou = -1, 0.0
-        for t, tau in enumerate(cam_thresholds):
-            foreground = scoremap >= tau
-            count = int(foreground.sum())
-            # The sets shrink as τ grows, so an equal pixel count means the same set.
-            if count != previous_count:
-                previous_count = count
-                previous_iou = _best_iou(_component_boxes(foreground), image_boxes)
-            best_iou[i, t] = previous_iou
+        # |{map ≥ τ}| for every τ. The sets shrink as τ grows, so an equal count means the
+        # same set, whose components are labelled once.
+        counts = scoremap.size - np.searchsorted(np.sort(scoremap, axis=None), cam_thresholds)
+        starts = np.flatnonzero(np.diff(counts, prepend=-1))
+        for start, stop in zip(starts, [*starts[1:], num_thresholds]):
+            foreground = scoremap >= cam_thresholds[start]
+            best_iou[i, start:stop] = _best_iou(_component_boxes(foreground), image_boxes)
 
     correct = best_iou[:, :, None] >= iou[None, None, :]  # [B, T, D]
     box_acc = correct.mean(axis=0)  # [T, D]

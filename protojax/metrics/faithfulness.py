@@ -2,7 +2,8 @@
 
 Pixels are removed (deletion) or inserted (insertion) in order of decreasing saliency, and the
 model's score is recorded after each step. A faithful map makes the deletion score fall fast
-(low AUC) and the insertion score rise fast (high AUC).
+(low AUC) and the insertion score rise fast (high AUC). Both return a `CurveResult`: the AUC
+as `MetricResult`'s `per_example` and `aggregate`, and the curves themselves.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from protojax.metrics.common import (
-    MetricResult,
     as_partial,
     check_maps,
     check_same_grid,
@@ -27,16 +27,22 @@ from protojax.metrics.common import (
 class CurveResult(NamedTuple):
     """Deletion or insertion curves and their areas.
 
+    The first two fields are `MetricResult`'s, so the result reads as every other metric's
+    (`result.per_example`, `result.aggregate`), and the curves come with them.
+
     Attributes:
+      per_example: `[B]` the area under each example's curve, by the trapezoid rule over
+        `fractions`.
+      aggregate: `[]` the mean area over the batch.
+      scores: `[B, steps + 1]` the curves: the score of each example at each point.
       fractions: `[steps + 1]` the fraction of pixels removed (deletion) or inserted
         (insertion) at each point, from 0 to 1.
-      scores: `[B, steps + 1]` the score of each example at each point.
-      auc: `MetricResult(per_example=[B] trapezoid AUC over fractions, aggregate=mean AUC)`.
     """
 
-    fractions: jax.Array
+    per_example: jax.Array
+    aggregate: jax.Array
     scores: jax.Array
-    auc: MetricResult
+    fractions: jax.Array
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "chunk", "insertion"))
@@ -70,7 +76,7 @@ def _curve_scores(score_fn, images, saliency, fill, targets, *, steps, chunk, in
     fractions = counts.astype(jnp.float32) / (h * w)
     widths = jnp.diff(fractions)
     auc = jnp.sum(widths * (scores[:, 1:] + scores[:, :-1]) / 2.0, axis=1)
-    return CurveResult(fractions, scores, MetricResult(auc, jnp.mean(auc)))
+    return CurveResult(auc, jnp.mean(auc), scores, fractions)
 
 
 def perturbation_curve(
@@ -113,7 +119,8 @@ def perturbation_curve(
         `score_fn` alongside the images.
 
     Returns:
-      `CurveResult(fractions [steps + 1], scores [B, steps + 1], auc=MetricResult)`.
+      `CurveResult(per_example=AUC [B], aggregate=mean AUC [], scores [B, steps + 1],
+      fractions [steps + 1])`.
     """
     if mode not in ("deletion", "insertion"):
         raise ValueError(f'mode must be "deletion" or "insertion", got {mode!r}.')
@@ -161,23 +168,28 @@ def deletion_curve(
     fill=0.0,
     batch_size: int | None = None,
     targets=None,
-) -> MetricResult:
-    """Deletion AUC: remove the most salient pixels first, replacing them with `fill`.
+) -> CurveResult:
+    """Deletion curve and AUC: remove the most salient pixels first, replacing them with `fill`.
 
-    Removed pixels take the value `fill` (default 0.0). Lower is more faithful. This is
-    `perturbation_curve(..., mode="deletion").auc`; call that for the curves themselves.
+    At step k = 0..steps the first ⌊k · H·W / steps⌋ pixels in decreasing saliency (ties by
+    row-major index) take the value `fill` in every channel: the curve starts at the image
+    and ends at the all-`fill` image. The fill defaults to 0.0 (black for images in [0, 1],
+    the dataset mean for standardised ones). Lower AUC is more faithful. The same as
+    `perturbation_curve(..., mode="deletion")`.
 
     Args:
       score_fn: `score_fn(images [N, H, W, C]) -> [N]`, or `score_fn(images, targets)`.
       images: `[B, H, W, C]`.
       saliency: `[B, H, W]`.
       steps: the curve has `steps + 1` points, from 0 to all pixels removed.
-      fill: broadcastable to `[B, H, W, C]`; see `perturbation_curve`.
+      fill: the value of removed pixels, broadcastable to `[B, H, W, C]`: a scalar, a
+        per-channel `[C]` value or a `[B, H, W, C]` image (e.g. a blurred copy).
       batch_size: perturbed images per `score_fn` call (None: B).
       targets: optional `[B]` targets for `score_fn`.
 
     Returns:
-      `MetricResult(per_example=AUC [B], aggregate=mean AUC)`.
+      `CurveResult(per_example=AUC [B], aggregate=mean AUC [], scores [B, steps + 1],
+      fractions [steps + 1])`.
     """
     return perturbation_curve(
         score_fn,
@@ -188,7 +200,7 @@ def deletion_curve(
         fill=fill,
         batch_size=batch_size,
         targets=targets,
-    ).auc
+    )
 
 
 def insertion_curve(
@@ -200,24 +212,28 @@ def insertion_curve(
     fill=0.0,
     batch_size: int | None = None,
     targets=None,
-) -> MetricResult:
-    """Insertion AUC: start from the `fill` image and insert the most salient pixels first.
+) -> CurveResult:
+    """Insertion curve and AUC: start from the `fill` image, insert the most salient first.
 
     The start image is `fill` everywhere (default 0.0; a blurred copy of `images` gives the
-    RISE paper's baseline). Higher is more faithful. This is
-    `perturbation_curve(..., mode="insertion").auc`; call that for the curves themselves.
+    RISE paper's baseline). At step k = 0..steps the first ⌊k · H·W / steps⌋ pixels in
+    decreasing saliency (ties by row-major index) are copied from the image in every
+    channel: the curve ends at the image. Higher AUC is more faithful. The same as
+    `perturbation_curve(..., mode="insertion")`.
 
     Args:
       score_fn: `score_fn(images [N, H, W, C]) -> [N]`, or `score_fn(images, targets)`.
       images: `[B, H, W, C]`.
       saliency: `[B, H, W]`.
       steps: the curve has `steps + 1` points, from the baseline to the full image.
-      fill: broadcastable to `[B, H, W, C]`; see `perturbation_curve`.
+      fill: the start (baseline) image, broadcastable to `[B, H, W, C]`: a scalar, a
+        per-channel `[C]` value or a `[B, H, W, C]` image.
       batch_size: perturbed images per `score_fn` call (None: B).
       targets: optional `[B]` targets for `score_fn`.
 
     Returns:
-      `MetricResult(per_example=AUC [B], aggregate=mean AUC)`.
+      `CurveResult(per_example=AUC [B], aggregate=mean AUC [], scores [B, steps + 1],
+      fractions [steps + 1])`.
     """
     return perturbation_curve(
         score_fn,
@@ -228,4 +244,4 @@ def insertion_curve(
         fill=fill,
         batch_size=batch_size,
         targets=targets,
-    ).auc
+    )

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from protojax.metrics.common import MetricResult, as_partial
 
-_NORMALIZATIONS = ("explanation", "input", None)
+_NORMALIZATIONS = (None, "explanation", "input")
 
 
 def _frobenius(x: jax.Array) -> jax.Array:
@@ -48,7 +48,7 @@ def max_sensitivity(
     rng: jax.Array,
     radius: float,
     num_samples: int = 10,
-    normalize: str | None = "explanation",
+    normalize: str | None = None,
 ) -> MetricResult:
     """Max-sensitivity (Yeh et al. 2019): the largest change of an explanation in an L∞ ball.
 
@@ -57,12 +57,12 @@ def max_sensitivity(
     every image); perturbed images are not clipped to any pixel range. Lower is more robust.
 
     `normalize` chooses the denominator:
-      - "explanation" (default): ‖Φ(x)‖_F, so the value is a relative change and explainers of
+      - None (default): no division, Yeh et al.'s definition, in the explanation's units;
+      - "explanation": ‖Φ(x)‖_F, so the value is a relative change and explainers of
         different scales (gradients, probabilities) compare fairly;
-      - "input": ‖x‖_F, as Quantus's `MaxSensitivity` divides;
-      - None: no division, Yeh et al.'s definition.
-    A zero denominator gives NaN for that example, and the aggregate is the mean over the
-    others.
+      - "input": ‖x‖_F, as Quantus's `MaxSensitivity` divides.
+    With a denominator, a zero one gives NaN for that example, and the aggregate is the mean
+    over the others.
 
     Fix the explained target inside `explain_fn` (for example close over the labels or the
     predictions at x), so that a perturbation cannot switch the class being explained.
@@ -75,7 +75,7 @@ def max_sensitivity(
       rng: a PRNG key.
       radius: r, the half-width of the L∞ ball, in pixel units (> 0).
       num_samples: the number of perturbations; `explain_fn` runs once per sample.
-      normalize: "explanation", "input" or None.
+      normalize: None, "explanation" or "input".
 
     Returns:
       `MetricResult(per_example=[B] float32, aggregate=nan-mean scalar)`.

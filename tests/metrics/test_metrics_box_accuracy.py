@@ -37,6 +37,22 @@ def test_two_blobs_all_components_count():
     np.testing.assert_allclose(agg.iou_thresholds, [0.3, 0.5, 0.7], rtol=1e-6)
 
 
+def test_default_thresholds_are_the_official_thousand():
+    # wsolevaluation's MaxBoxAccV2: cam_curve_interval = 0.001, i.e. np.arange(0, 1, 0.001).
+    # On the two blobs (B at 0.5, A at 1.0; the box is B's for image 0, A-like for image 1):
+    # τ = 0.001 .. 0.5 boxes both blobs, τ > 0.5 only A.
+    saliency = np.stack([_two_blob_map(), _two_blob_map()])
+    boxes = [np.array([[5, 6, 7, 8]]), np.array([[1, 1, 3, 6]])]
+    agg = max_box_accuracy(saliency, boxes).aggregate
+    np.testing.assert_allclose(agg.cam_thresholds, np.arange(0, 1, 0.001), atol=1e-7)
+    box_acc = np.asarray(agg.box_acc)
+    np.testing.assert_allclose(box_acc[0], [0.0, 0.0, 0.0])
+    np.testing.assert_allclose(box_acc[1:501], np.tile([1.0, 1.0, 0.5], (500, 1)))
+    np.testing.assert_allclose(box_acc[501:], np.tile([0.5, 0.5, 0.0], (499, 1)))
+    np.testing.assert_allclose(agg.best_cam_threshold, [0.001] * 3, rtol=1e-6)
+    np.testing.assert_allclose(agg.mean, 2.5 / 3, rtol=1e-6)
+
+
 def test_threshold_behaviour_on_nested_squares():
     # A 2 × 2 core at 1.0 inside a 4 × 4 ring at 0.5, on a 6 × 6 zero background; the
     # ground-truth box is the ring's, (1, 1, 5, 5), area 16.

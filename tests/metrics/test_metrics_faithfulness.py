@@ -25,22 +25,24 @@ def test_deletion_and_insertion_hand_case():
     np.testing.assert_allclose(deletion.fractions, [0, 0.25, 0.5, 0.75, 1])
     np.testing.assert_allclose(deletion.scores, [[10, 8, 5, 4, 0]])
     # Trapezoids of width 1/4: (9 + 6.5 + 4.5 + 2) / 4 = 5.5.
-    np.testing.assert_allclose(deletion.auc.per_example, [5.5])
-    np.testing.assert_allclose(deletion.auc.aggregate, 5.5)
+    np.testing.assert_allclose(deletion.per_example, [5.5])
+    np.testing.assert_allclose(deletion.aggregate, 5.5)
     # Inserting 2, 3, 1, 4 into zeros: 0, 2, 5, 6, 10; AUC (1 + 3.5 + 5.5 + 8) / 4 = 4.5.
-    insertion = perturbation_curve(_pixel_sum, _IMAGE, _SALIENCY, mode="insertion", steps=4)
+    insertion = insertion_curve(_pixel_sum, _IMAGE, _SALIENCY, steps=4)
     np.testing.assert_allclose(insertion.scores, [[0, 2, 5, 6, 10]])
-    np.testing.assert_allclose(
-        insertion_curve(_pixel_sum, _IMAGE, _SALIENCY, steps=4).per_example, [4.5]
-    )
+    np.testing.assert_allclose(insertion.fractions, [0, 0.25, 0.5, 0.75, 1])
+    np.testing.assert_allclose(insertion.per_example, [4.5])
+    np.testing.assert_allclose(insertion.aggregate, 4.5)
     # fill = 1: each removed pixel becomes 1: 10, 9, 7, 7, 4; AUC (9.5 + 8 + 7 + 5.5) / 4 = 7.5.
-    with_fill = perturbation_curve(
-        _pixel_sum, _IMAGE, _SALIENCY, mode="deletion", steps=4, fill=1.0
-    )
+    with_fill = deletion_curve(_pixel_sum, _IMAGE, _SALIENCY, steps=4, fill=1.0)
     np.testing.assert_allclose(with_fill.scores, [[10, 9, 7, 7, 4]])
-    np.testing.assert_allclose(
-        deletion_curve(_pixel_sum, _IMAGE, _SALIENCY, steps=4, fill=1.0).per_example, [7.5]
-    )
+    np.testing.assert_allclose(with_fill.per_example, [7.5])
+    # The public functions are perturbation_curve in each mode, field for field.
+    for got, want in zip(
+        with_fill,
+        perturbation_curve(_pixel_sum, _IMAGE, _SALIENCY, mode="deletion", steps=4, fill=1.0),
+    ):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_ties_follow_pixel_index_and_uneven_steps():
@@ -52,7 +54,7 @@ def test_ties_follow_pixel_index_and_uneven_steps():
     curve = perturbation_curve(_pixel_sum, _IMAGE, tied, mode="deletion", steps=3)
     np.testing.assert_allclose(curve.fractions, [0, 0.25, 0.5, 1])
     np.testing.assert_allclose(curve.scores, [[10, 9, 7, 0]])
-    np.testing.assert_allclose(curve.auc.per_example, [0.25 * 9.5 + 0.25 * 8 + 0.5 * 3.5])
+    np.testing.assert_allclose(curve.per_example, [0.25 * 9.5 + 0.25 * 8 + 0.5 * 3.5])
 
 
 def _naive_curve(score, images, saliency, fill, steps, insertion, targets=None):
@@ -91,8 +93,8 @@ def test_matches_naive_loop(mode, batch_size):
     )
     scores, auc = _naive_curve(_tanh_score, images, saliency, fill, 7, mode == "insertion")
     np.testing.assert_allclose(curve.scores, scores, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(curve.auc.per_example, auc, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(curve.auc.aggregate, auc.mean(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(curve.per_example, auc, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(curve.aggregate, auc.mean(), rtol=1e-5, atol=1e-6)
 
 
 def _channel_score(images, targets):
@@ -145,7 +147,8 @@ def test_partial_score_fn_does_not_recompile_for_new_parameters():
     traced = jax.jit(
         lambda w: deletion_curve(lambda x: _linear_score(w, x), _IMAGE, _SALIENCY, steps=4)
     )(jnp.float32(3.0))
-    np.testing.assert_allclose(traced.per_example, 3 * np.asarray(first.auc.per_example))
+    np.testing.assert_allclose(traced.per_example, 3 * np.asarray(first.per_example))
+    np.testing.assert_allclose(traced.scores, 3 * np.asarray(first.scores))
 
 
 def test_rejects_bad_inputs():

@@ -35,17 +35,30 @@ def _sensitivity(scale, normalize):
 
 
 def test_insensitive_explainer_scores_zero_and_zero_explanations_nan():
-    # With r = 0.25, x = 1.5 stays in (1.25, 1.75), where floor is constantly 1: no change, 0.
-    # x = 0.5 has Φ(x) = floor(0.5) = 0: the relative value is undefined, NaN, and left out.
+    # With r = 0.25, x = 1.5 stays in (1.25, 1.75), where floor is constantly 1: no change, 0;
+    # x = 0.5 stays in (0.25, 0.75), where floor is 0: no change either.
     images = jnp.stack([jnp.full((3, 3, 1), 1.5), jnp.full((3, 3, 1), 0.5)])
     result = max_sensitivity(_floor, images, rng=_RNG, radius=0.25, num_samples=_SAMPLES)
-    assert float(result.per_example[0]) == 0.0
-    assert np.isnan(result.per_example[1])
+    np.testing.assert_array_equal(result.per_example, [0.0, 0.0])
     assert float(result.aggregate) == 0.0
+    # Relative to the explanation, x = 0.5's value is 0 / ‖floor(0.5)‖ = 0 / 0: NaN, left out.
+    relative = max_sensitivity(
+        _floor, images, rng=_RNG, radius=0.25, num_samples=_SAMPLES, normalize="explanation"
+    )
+    assert float(relative.per_example[0]) == 0.0
+    assert np.isnan(relative.per_example[1])
+    assert float(relative.aggregate) == 0.0
 
 
 def test_identity_matches_naive_loop_over_the_same_draws():
-    result = _sensitivity(1.0, None)
+    # The default is Yeh et al.'s un-normalised max ‖Φ(x + δ) − Φ(x)‖.
+    result = max_sensitivity(
+        jax.tree_util.Partial(_scaled, jnp.float32(1.0)),
+        _IMAGES,
+        rng=_RNG,
+        radius=_RADIUS,
+        num_samples=_SAMPLES,
+    )
     worst = np.zeros(3)
     for key in jax.random.split(_RNG, _SAMPLES):
         noise = np.asarray(jax.random.uniform(key, _IMAGES.shape, jnp.float32, -_RADIUS, _RADIUS))
