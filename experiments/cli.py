@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import gc
 import logging
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterator
 
 from absl import flags
@@ -85,25 +83,6 @@ def flag_error_sentence(error: flags.Error) -> str:
     return f"{str(error).strip().rstrip('.')}; see --help for the flags."
 
 
-def _release(error: BaseException) -> None:
-    """Drops the tracebacks an error holds and collects them now, so that what their
-    finalizers print (Orbax leaves un-awaited read coroutines behind a damaged checkpoint)
-    comes before the error sentence, or not at all, instead of at interpreter shutdown."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        error.__traceback__ = None
-        error = error.__cause__ or error.__context__
-    hook = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            gc.collect()
-    finally:
-        sys.unraisablehook = hook
-
-
 @contextlib.contextmanager
 def error_contract() -> Iterator[None]:
     """Turns a ProtojaxError or an absl flag error into one sentence on the last line, with
@@ -111,9 +90,7 @@ def error_contract() -> Iterator[None]:
     try:
         yield
     except ProtojaxError as error:
-        message, code = str(error), error.exit_code
-        _release(error)
-        _fail(message, code)
+        _fail(str(error), error.exit_code)
     except flags.Error as error:
         _fail(flag_error_sentence(error), UsageError.exit_code)
 

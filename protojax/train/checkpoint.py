@@ -8,7 +8,9 @@ with non-finite parameters, and nothing is ever deleted on a failed restore.
 
 from __future__ import annotations
 
+import os
 import pathlib
+import sys
 from typing import Any
 
 import jax
@@ -60,6 +62,7 @@ class Checkpointer:
         """Restores checkpoint `index` (default: the newest) into the abstract state's shapes."""
         index = self.latest() if index is None else index
         path = self.directory / str(index)
+        _drop_failed_read_leftovers()
         try:
             restored = self.manager.restore(
                 index,
@@ -86,6 +89,32 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _drop_failed_read_leftovers() -> None:
+    """Silences, for the rest of the process, the leftovers of a failed checkpoint read.
+
+    When a read of a damaged checkpoint fails, Orbax stops awaiting its other reads and closes
+    its event loop while TensorStore still has some in flight. What is left raises unraisable
+    exceptions from native threads or the garbage collector, at any later time, before or
+    after the error sentence (seen on Python 3.12): RuntimeError('Event loop is closed') from
+    the reads' callbacks, and the errors of Orbax read coroutines nobody awaits. Only these are
+    dropped; any other goes to the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_failed_read_leftovers", False):
+        return
+
+    def hook(unraisable) -> None:
+        error, source = unraisable.exc_value, unraisable.object
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        code = getattr(source, "cr_code", None)
+        if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+            return
+        previous(unraisable)
+
+    hook.drops_failed_read_leftovers = True
+    sys.unraisablehook = hook
 
 
 def _first_sentence(error: Exception) -> str:
