@@ -123,8 +123,36 @@ def load_workdir(workdir: str | pathlib.Path):
     workdir = pathlib.Path(workdir)
     if not (workdir / CONFIG).exists():
         raise WorkdirError(f"{workdir} has no {CONFIG}; pass the --workdir of a training run.")
-    config = config_lib.from_dict(json.loads((workdir / CONFIG).read_text()))
+    stored = json.loads((workdir / CONFIG).read_text())
+    config = config_lib.from_dict(_with_library_defaults(stored))
     dataset = read_dataset_info(workdir)
     method = build_method(config, dataset)
     variables = restore_variables(method, config, dataset, workdir)
     return method, variables, config
+
+
+def _with_library_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with the keys the library gained since the run was written (such as
+    `data.download`) at their defaults; stored values always win."""
+    from protojax.data import default_config as data_config
+    from protojax.methods import method_module
+    from protojax.train.loop import default_config as train_config
+
+    module = method_module(stored.get("method", ""))
+    defaults = {
+        "data": data_config(),
+        "model": module.default_model_config(),
+        "optim": module.default_optim_config(),
+        "train": train_config(),
+    }
+
+    def merge(default: dict, value: dict) -> dict:
+        out = dict(value)
+        for key, fallback in default.items():
+            if key not in out:
+                out[key] = fallback
+            elif isinstance(fallback, dict) and isinstance(out[key], dict):
+                out[key] = merge(fallback, out[key])
+        return out
+
+    return merge({name: config_lib.to_dict(d) for name, d in defaults.items()}, stored)

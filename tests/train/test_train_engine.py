@@ -363,6 +363,14 @@ def test_load_workdir_reproduces_the_recorded_test_accuracy(tmp_path, digits8, m
     assert summary["steps"] == 10
     assert correct / 360 == summary["test_accuracy"]
 
+    # A run written before the library gained a key reads back with that key's default.
+    stored = json.loads((tmp_path / "config.json").read_text())
+    del stored["data"]["download"], stored["data"]["augment"]["hflip"]
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    _, _, older = protojax.load_workdir(tmp_path)
+    assert older.data.download is True and older.data.augment.hflip is False
+    assert protojax.config.to_dict(older) == protojax.config.to_dict(config)
+
 
 def test_gradient_accumulation_matches_the_full_batch(tmp_path, digits8, mesh2):
     """Without batch-dependent state, 4 micro-batches give the full-batch update."""
