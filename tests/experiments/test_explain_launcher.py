@@ -2,16 +2,10 @@
 before any checkpoint is read (a workdir holding only config.json suffices)."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
 from protojax import config as config_lib
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -22,17 +16,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
     ],
     ids=["protovae", "blackbox"],  # Pantypes takes ProtoVAE's branch
 )
-def test_other_methods_stop_with_the_supported_one_named(tmp_path, name, method, hint):
+def test_other_methods_stop_with_the_supported_one_named(python, tmp_path, name, method, hint):
     config = config_lib.to_dict(config_lib.load_config(name))
     (tmp_path / "config.json").write_text(json.dumps(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.explain", f"--workdir={tmp_path}", "--num_images=2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "XLA_FLAGS": ""},
-        timeout=120,
-    )
+    result = python("-m", "experiments.explain", f"--workdir={tmp_path}", "--num_images=2")
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     expected = (

@@ -2,30 +2,11 @@
 1 for data and checkpoint errors. And the benchmark launcher's JSON line."""
 
 import json
-import os
 import pathlib
 import shutil
 import socket
-import subprocess
-import sys
 
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def launch(*args, env=None, merged=False):
-    """Runs `python -m ARGS`; with `merged`, stdout holds stderr too, interleaved as a
-    terminal shows them."""
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT if merged else subprocess.PIPE,
-        text=True,
-        env={**os.environ, "XLA_FLAGS": "", **(env or {})},
-        timeout=600,
-    )
 
 
 def last_line(result):
@@ -50,20 +31,20 @@ def last_line(result):
         ),
     ],
 )
-def test_usage_errors_exit_2_with_the_sentence_last(tmp_path, args, pattern):
-    result = launch("experiments.train", *args, f"--workdir={tmp_path}")
+def test_usage_errors_exit_2_with_the_sentence_last(python, tmp_path, args, pattern):
+    result = python("-m", "experiments.train", *args, f"--workdir={tmp_path}")
     assert result.returncode == 2, result.stderr[-2000:]
     assert last_line(result).startswith(f"error: {pattern}")
     assert not (tmp_path / "config.json").exists()
 
 
-def test_workdir_of_another_config_exits_1_and_names_keys(tmp_path):
+def test_workdir_of_another_config_exits_1_and_names_keys(python, tmp_path):
     from protojax import config as config_lib
 
     other = config_lib.to_dict(config_lib.load_config("blackbox_digits"))
     other["seed"], other["optim"]["lr"] = 5, 0.1
     (tmp_path / "config.json").write_text(json.dumps(other))
-    result = launch("experiments.train", "--config=blackbox_digits", f"--workdir={tmp_path}")
+    result = python("-m", "experiments.train", "--config=blackbox_digits", f"--workdir={tmp_path}")
     assert result.returncode == 1, result.stderr[-2000:]
     line = last_line(result)
     assert line.startswith(f"error: Workdir {tmp_path} holds a run with another config")
@@ -89,10 +70,11 @@ def _free_port():
 
 
 @pytest.fixture(scope="module")
-def distributed_run(tmp_path_factory):
+def distributed_run(python, tmp_path_factory):
     """The tiny run through the --distributed path: one process, its own coordinator."""
     workdir = tmp_path_factory.mktemp("distributed")
-    result = launch(
+    result = python(
+        "-m",
         "experiments.train",
         *TINY,
         f"--workdir={workdir}",
@@ -124,7 +106,7 @@ def _snapshot(directory: pathlib.Path) -> dict[str, bytes]:
 
 
 def test_truncated_checkpoint_exits_1_with_the_sentence_last_and_deletes_nothing(
-    distributed_run, tmp_path
+    python, distributed_run, tmp_path
 ):
     source, _ = distributed_run
     workdir = tmp_path / "run"
@@ -133,7 +115,8 @@ def test_truncated_checkpoint_exits_1_with_the_sentence_last_and_deletes_nothing
     victim = max(data, key=lambda p: p.stat().st_size)
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     before = _snapshot(workdir / "checkpoints")
-    result = launch(
+    result = python(
+        "-m",
         "experiments.train",
         *TINY,
         "--config.train.stop_after_steps=6",
@@ -160,8 +143,10 @@ def test_truncated_checkpoint_exits_1_with_the_sentence_last_and_deletes_nothing
         ("--num_processes=two", "flag --num_processes=two: invalid literal for int()"),
     ],
 )
-def test_bad_flags_exit_2_with_the_sentence_last(tmp_path, flag, pattern):
-    result = launch("experiments.train", "--config=blackbox_digits", flag, f"--workdir={tmp_path}")
+def test_bad_flags_exit_2_with_the_sentence_last(python, tmp_path, flag, pattern):
+    result = python(
+        "-m", "experiments.train", "--config=blackbox_digits", flag, f"--workdir={tmp_path}"
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert last_line(result).startswith(f"error: {pattern}")
     assert "Traceback" not in result.stderr
@@ -186,22 +171,14 @@ finally:
 """
 
 
-def test_benchmark_prints_one_json_line_with_only_the_accelerator_packages():
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            STRIPPED,
-            "--config=blackbox_digits",
-            "--steps=2",
-            "--warmup=1",
-            "--batch_size=16",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "XLA_FLAGS": ""},
-        timeout=600,
+def test_benchmark_prints_one_json_line_with_only_the_accelerator_packages(python):
+    result = python(
+        "-c",
+        STRIPPED,
+        "--config=blackbox_digits",
+        "--steps=2",
+        "--warmup=1",
+        "--batch_size=16",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1] == "loaded:"

@@ -4,10 +4,6 @@ explain launcher. The full-length run is the slow test at the end."""
 
 import dataclasses
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +21,6 @@ from protojax.train.loop import TrainState, make_train_step
 from protojax.train.workdir import MetricWriter
 
 M, D = 2, 8
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def tiny_config():
@@ -285,18 +280,11 @@ def test_pruning_flips_active_and_freezes_the_rows(trained, train_images, tmp_pa
     )
 
 
-def test_explain_launcher_reads_the_workdir(trained):
+def test_explain_launcher_reads_the_workdir(python, trained):
     """`python -m experiments.explain` end to end: load_workdir, load_dataset, the "this
     looks like that" figures, the class galleries and explanations.json."""
     workdir = trained["workdir"]
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.explain", f"--workdir={workdir}", "--num_images=2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "XLA_FLAGS": ""},
-        timeout=300,
-    )
+    result = python("-m", "experiments.explain", f"--workdir={workdir}", "--num_images=2")
     assert result.returncode == 0, result.stderr[-2000:]
     out = workdir / "explanations"
     expected = [

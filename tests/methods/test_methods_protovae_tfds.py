@@ -2,8 +2,6 @@
 launcher's dataset message when CIFAR-10 is not prepared (always the case offline)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -14,8 +12,6 @@ from PIL import Image
 from protojax.config import load_config, set_value
 from protojax.train import make_data_mesh, run
 from protojax.train.workdir import read_metrics
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_protovae_cifar_runs_one_step_under_mock_data(tmp_path):
@@ -55,20 +51,13 @@ def test_protovae_cifar_runs_one_step_under_mock_data(tmp_path):
         assert min(image.size) > 1000  # a 10 × 10 grid of decoded prototypes
 
 
-def test_unprepared_cifar_stops_with_the_dataset_message(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.train",
-            "--config=protovae_cifar",
-            f"--workdir={tmp_path / 'run'}",
-            f"--config.data.data_dir={tmp_path / 'data'}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+def test_unprepared_cifar_stops_with_the_dataset_message(python, tmp_path):
+    result = python(
+        "-m",
+        "experiments.train",
+        "--config=protovae_cifar",
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.data.data_dir={tmp_path / 'data'}",
     )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
