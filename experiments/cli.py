@@ -86,7 +86,8 @@ def flag_error_sentence(error: flags.Error) -> str:
 @contextlib.contextmanager
 def error_contract() -> Iterator[None]:
     """Turns a ProtojaxError or an absl flag error into one sentence on the last line, with
-    exit code 2 for usage errors and 1 for data and checkpoint errors."""
+    exit code 2 for usage errors and 1 for data and checkpoint errors. For launchers only:
+    after the sentence the process's output is closed (see `_fail`)."""
     try:
         yield
     except ProtojaxError as error:
@@ -96,9 +97,18 @@ def error_contract() -> Iterator[None]:
 
 
 def _fail(message: str, code: int) -> None:
+    """Prints the sentence, then points stdout and stderr at /dev/null for the rest of the
+    process: native threads and finalizers (TensorStore reads left in flight by a failed
+    restore, asyncio tasks collected at shutdown) may still write, and nothing may follow the
+    sentence."""
     sys.stdout.flush()
     print(f"error: {message}", file=sys.stderr)
     sys.stderr.flush()
+    null = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            os.dup2(null, stream.fileno())
+    os.close(null)
     raise SystemExit(code) from None
 
 

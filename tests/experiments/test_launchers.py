@@ -126,10 +126,36 @@ def test_truncated_checkpoint_exits_1_with_the_sentence_last_and_deletes_nothing
     assert result.returncode == 1, result.stdout[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     checkpoint = workdir / "checkpoints" / "0"
-    assert lines[-1].startswith(f"error: Checkpoint {checkpoint} is corrupt or does not match")
-    assert lines[-1].endswith("Nothing was deleted.")
+    tail = result.stdout[-3000:]
+    sentence = f"error: Checkpoint {checkpoint} is corrupt or does not match"
+    assert lines[-1].startswith(sentence), tail
+    assert lines[-1].endswith("Nothing was deleted."), tail
     assert sum("error:" in line for line in lines) == 1
     assert _snapshot(workdir / "checkpoints") == before
+
+
+_LATE_WRITERS = """
+import atexit, os, sys, threading, time
+from experiments import cli
+from protojax.errors import CheckpointError
+
+def late():
+    time.sleep(0.2)
+    os.write(2, b"native noise\\n")
+    print("python noise", file=sys.stderr)
+
+atexit.register(lambda: print("atexit noise", file=sys.stderr))
+threading.Thread(target=late).start()
+with cli.error_contract():
+    raise CheckpointError("Checkpoint x is corrupt.")
+"""
+
+
+def test_nothing_written_after_the_sentence_reaches_the_output(python):
+    # Stands in for TensorStore threads and finalizers that outlive a failed restore.
+    result = python("-c", _LATE_WRITERS, merged=True)
+    assert result.returncode == 1, result.stdout
+    assert result.stdout.strip().splitlines() == ["error: Checkpoint x is corrupt."]
 
 
 @pytest.mark.parametrize(
