@@ -92,6 +92,9 @@ class Checkpointer:
         self.manager.close()
 
 
+_ORBAX_DIR = f"{os.sep}orbax{os.sep}"
+
+
 def _drop_failed_read_leftovers() -> None:
     """Silences, for the rest of the process, the leftovers of a failed checkpoint read.
 
@@ -118,9 +121,6 @@ def _drop_failed_read_leftovers() -> None:
     hook.drops_failed_read_leftovers = True
     sys.unraisablehook = hook
     logging.getLogger("asyncio").addFilter(_drop_unretrieved_orbax_errors)
-
-
-_ORBAX_DIR = f"{os.sep}orbax{os.sep}"
 
 
 def _drop_unretrieved_orbax_errors(record: logging.LogRecord) -> bool:
