@@ -294,3 +294,13 @@ def differing_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two config dicts, runtime keys excluded."""
     a, b = _flat(json.loads(json.dumps(old))), _flat(json.loads(json.dumps(new)))
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RUNTIME_KEYS)
+
+
+def compute_dtype(config: ConfigDict):
+    """The dtype of a run's activations: `config.train.precision`, float32 or bfloat16."""
+    import jax.numpy as jnp
+
+    precision = config.train.precision
+    if precision not in ("float32", "bfloat16"):
+        raise UsageError(f"train.precision must be float32 or bfloat16, got '{precision}'.")
+    return jnp.bfloat16 if precision == "bfloat16" else jnp.float32

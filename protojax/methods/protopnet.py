@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from protojax.config import ConfigDict
+from protojax.config import ConfigDict, compute_dtype
 from protojax.data.base import Dataset
 from protojax.errors import UsageError
 from protojax.imaging import crop, draw_box, overlay_heatmap, save_png, to_rgb
@@ -71,9 +71,7 @@ from protojax.prototypes.projection import (
     upsample_activation,
 )
 from protojax.train import optim
-from protojax.train.loop import compute_dtype
 from protojax.train.protocol import Method, Phase
-from protojax.train.workdir import is_main_process
 
 ADD_ON_KINDS = ("regular", "bottleneck")
 PROTOTYPE_IMAGES = "prototypes"
@@ -814,7 +812,7 @@ class ProtoPNet(Method):
         """
         from protojax.data.pipeline import normalize
 
-        writing = is_main_process()
+        writing = ctx.is_main
         if writing:
             directory.mkdir(parents=True, exist_ok=True)
         prototype_state = jax.device_get(variables["prototype_state"])

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from protojax.config import ConfigDict
+from protojax.config import ConfigDict, compute_dtype
 from protojax.data.base import Dataset
 from protojax.errors import UsageError
 from protojax.methods.common import accuracy, class_logit, cross_entropy, masked_mean
@@ -51,7 +51,6 @@ from protojax.prototypes.diversity import (
     prototype_log_volume,
 )
 from protojax.train import optim
-from protojax.train.loop import compute_dtype
 from protojax.train.protocol import Method, Phase
 
 HIGHEST = jax.lax.Precision.HIGHEST

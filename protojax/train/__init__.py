@@ -3,7 +3,6 @@
 from protojax.train.context import RunContext
 from protojax.train.loop import (
     TrainState,
-    compute_dtype,
     default_config,
     make_data_mesh,
     run,
@@ -18,7 +17,6 @@ __all__ = [
     "RunContext",
     "TrainState",
     "adam",
-    "compute_dtype",
     "constant",
     "cosine",
     "default_config",

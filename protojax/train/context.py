@@ -45,6 +45,11 @@ class RunContext:
     phase: str = ""
 
     @property
+    def is_main(self) -> bool:
+        """Whether this is the process that writes files (process 0)."""
+        return is_main_process()
+
+    @property
     def figures_dir(self) -> pathlib.Path:
         path = self.workdir / FIGURES
         if is_main_process():

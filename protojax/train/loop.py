@@ -70,13 +70,6 @@ def default_config() -> ConfigDict:
     )
 
 
-def compute_dtype(config: ConfigDict) -> jnp.dtype:
-    precision = config.train.precision
-    if precision not in ("float32", "bfloat16"):
-        raise UsageError(f"train.precision must be float32 or bfloat16, got '{precision}'.")
-    return jnp.bfloat16 if precision == "bfloat16" else jnp.float32
-
-
 def make_data_mesh(devices=None) -> Mesh:
     """A 1-D mesh named "data" over `devices` (default: all devices of all processes)."""
     devices = list(jax.devices() if devices is None else devices)
