@@ -2,10 +2,12 @@
 term is volumetric.
 
 The module, the KL, the reconstruction, the classifier and the optimizer are ProtoVAE's
-(`protojax.methods.protovae`); only the loss weights differ: orthonormality 0 and the inverse
-volume (1/K) Σ_k 1/√det(c·P_k P_kᵀ) of each class's uncentred prototypes 1 (METHODS.md §3.1).
-Minimising it makes each class's prototypes span a large volume. The orthonormality term is
-still logged (`orthonormality` in metrics.jsonl), as the official code logs it.
+(`protojax.methods.protovae`); Pantypes overrides ProtoVAE's diversity hook with the inverse
+volume (1/K) Σ_k 1/√det(c·P_k P_kᵀ) of each class's uncentred prototypes, weight 1, and sets
+orthonormality's weight to 0 (`c` is `model.volume_scale`). Minimising it makes each class's
+prototypes span a large volume, so a class may have at most `latent_dim` prototypes. The
+orthonormality term is still logged (`orthonormality` in metrics.jsonl), as the official code
+logs it.
 
 After every epoch, one ordered pass over the training set (inference mode, z = μ) assigns every
 sample to its most similar active prototype and logs (a metrics.jsonl event):
@@ -36,14 +38,16 @@ import functools
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from protojax.config import ConfigDict
 from protojax.data import pipeline
 from protojax.data.base import Dataset
+from protojax.errors import UsageError
+from protojax.explain.figures import pca_2d
 from protojax.methods import protovae
-from protojax.methods.protovae import ProtoVAE, ProtoVAENet
+from protojax.methods.protovae import ProtoVAE
+from protojax.prototypes import layer
 from protojax.prototypes.diversity import (
     coverage,
     coverage_sample,
@@ -58,6 +62,8 @@ def default_model_config() -> ConfigDict:
     config = protovae.default_model_config()
     config.loss_weights.orthonormality = 0.0
     config.loss_weights.inverse_volume = 1.0
+    # c in 1/√det(c·P_k P_kᵀ).
+    config.volume_scale = 1.0
     # Eliminate out-of-distribution prototypes after this epoch; 0 never does.
     config.eliminate_at_epoch = 0
     return config
@@ -93,9 +99,8 @@ class Diagnostics(NamedTuple):
 def class_coverage(latents: np.ndarray, sample: np.ndarray) -> float:
     """Coverage of one class: the hull of its `sample [n]` points over the hull of all its
     `latents [n, d]`, both on the class's first two principal components."""
-    centred = latents - latents.mean(axis=0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    points = centred @ vt[:2].T
+    mean, to_2d = pca_2d(latents)
+    points = (latents - mean) @ to_2d
     return coverage(points, points[sample])
 
 
@@ -122,8 +127,29 @@ class Pantypes(ProtoVAE):
     name = "pantypes"
 
     def __init__(self, config: ConfigDict, dataset: Dataset):
+        model = config.model
+        if model.prototypes_per_class > model.latent_dim:
+            raise UsageError(
+                f"model.prototypes_per_class={model.prototypes_per_class} prototypes span at "
+                f"most model.latent_dim={model.latent_dim} dimensions, so their volume is 0; "
+                "use at most latent_dim prototypes per class."
+            )
         super().__init__(config, dataset)
-        self.eliminate_at_epoch = config.model.eliminate_at_epoch
+        self.eliminate_at_epoch = model.eliminate_at_epoch
+
+    @staticmethod
+    def default_model_config() -> ConfigDict:
+        return default_model_config()
+
+    def diversity_terms(self, grouped, active):
+        """ProtoVAE's orthonormality (logged) and, when weighted, the inverse volume. The
+        inverse volume can overflow float32 for nearly singular prototypes, which would stop
+        a run over a diagnostic, so it is computed only when it enters the loss."""
+        terms = super().diversity_terms(grouped, active)
+        if "inverse_volume" in self.loss_weights:
+            scale = self.config.model.volume_scale
+            terms["inverse_volume"] = inverse_volume_loss(grouped, active=active, scale=scale)
+        return terms
 
     def phases(self, config):
         (phase,) = super().phases(config)
@@ -139,25 +165,18 @@ class Pantypes(ProtoVAE):
 
     @functools.cached_property
     def _latents_and_similarities(self):
-        def forward(variables, images):
-            mu, similarities, _ = self.net.apply(variables, images, method=ProtoVAENet.infer)
-            return mu, similarities
+        def forward(variables, batch):
+            mu, similarities, _ = self._infer(variables, batch["image"])
+            return {"mu": mu, "similarities": similarities, "label": batch["label"]}
 
         return jax.jit(forward)
 
     def diagnostics(self, variables, ctx) -> Diagnostics:
         """One ordered pass over the training split; see `Diagnostics`."""
-        latents, similarities, labels = [], [], []
-        for batch in ctx.ordered_batches("train"):
-            valid = ctx.host(batch["valid"])
-            mu, sims = self._latents_and_similarities(variables, batch["image"])
-            latents.append(ctx.host(mu)[valid])
-            similarities.append(ctx.host(sims)[valid])
-            labels.append(ctx.host(batch["label"])[valid])
-        latents, similarities = np.concatenate(latents), np.concatenate(similarities)
-        labels = np.concatenate(labels)
-        owner = np.asarray(variables["prototype_state"]["prototype_class"])
-        active = np.asarray(variables["prototype_state"]["active"])
+        rows = ctx.collect(functools.partial(self._latents_and_similarities, variables), "train")
+        latents, similarities, labels = rows["mu"], rows["similarities"], rows["label"]
+        owner = np.asarray(variables[layer.STATE]["prototype_class"])
+        active = np.asarray(variables[layer.STATE]["active"])
 
         usage = prototype_usage(similarities, owner, active=active)
         grouped, grouped_active = self.grouped(variables)
@@ -204,8 +223,7 @@ class Pantypes(ProtoVAE):
             eliminated = np.flatnonzero(active & ~new_active).tolist()
             event["eliminated_prototypes"] = eliminated
             ctx.record("eliminated_prototypes", eliminated)
-            state = {**variables["prototype_state"], "active": jnp.asarray(new_active)}
-            variables = {**variables, "prototype_state": state}
+            variables = layer.with_active(variables, new_active)
         ctx.log(**event)
         return variables
 
