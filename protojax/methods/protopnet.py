@@ -76,8 +76,7 @@ from protojax.prototypes.costs import (
 from protojax.prototypes.projection import (
     NearestState,
     ProjectionState,
-    nearest_init,
-    nearest_update,
+    nearest_images,
     project,
 )
 from protojax.train import optim
@@ -141,11 +140,6 @@ def default_optim_config() -> ConfigDict:
             "joint_gamma": 0.1,
         }
     )
-
-
-# --------------------------------------------------------------------------------------
-# Module
-# --------------------------------------------------------------------------------------
 
 
 class ProtoPNetModule(nn.Module):
@@ -252,11 +246,6 @@ def stage_plan(model: ConfigDict, epochs: int) -> list[Stage]:
     return stages
 
 
-# --------------------------------------------------------------------------------------
-# Method
-# --------------------------------------------------------------------------------------
-
-
 class ProtoPNet(Method):
     name = "protopnet"
 
@@ -286,7 +275,6 @@ class ProtoPNet(Method):
             dtype=compute_dtype(config),
         )
         self._latent_map = jax.jit(self._latent)
-        self._nearest_step = jax.jit(self._nearest_step_impl)
         self._activations = jax.jit(self._activations_impl)
         self._self_activations = jax.jit(self._self_activations_impl)
 
@@ -531,25 +519,19 @@ class ProtoPNet(Method):
         return variables
 
     # --- pruning -----------------------------------------------------------------------
-    def _nearest_step_impl(self, variables, state: NearestState, batch) -> NearestState:
-        active = variables["prototype_state"]["active"]
-        _, min_distances = self.net.apply(
-            layer.model_collections(variables), batch["image"], active
-        )
-        return nearest_update(
-            state,
-            min_distances,
-            labels=batch["label"],
-            indices=batch["index"],
-            valid=batch["valid"],
-        )
+    def _min_distances(self, variables, images):
+        active = variables[layer.STATE]["active"]
+        return self.net.apply(layer.model_collections(variables), images, active)[1]
 
     def nearest_images(self, variables, ctx, *, k: int) -> NearestState:
-        """The k nearest training images (through their nearest patch) of every prototype,
-        from an ordered pass (`ctx.reduce`)."""
-        step = functools.partial(self._nearest_step, variables)
+        """The k nearest training images (through their nearest patch) of every prototype."""
         size = self.pass_batch_size(ctx.mesh.devices.size)
-        return ctx.reduce(step, nearest_init(self.num_prototypes, k), "train", batch_size=size)
+        return nearest_images(
+            jax.tree_util.Partial(self._min_distances, variables),
+            self.num_prototypes,
+            functools.partial(ctx.reduce, split="train", batch_size=size),
+            k=k,
+        )
 
     def prune(self, variables, ctx):
         """The `after` operation that switches off the prototypes with fewer than
@@ -624,15 +606,3 @@ class ProtoPNet(Method):
 
 def build(config: ConfigDict, dataset: Dataset) -> ProtoPNet:
     return ProtoPNet(config, dataset)
-
-
-__all__ = [
-    "ProtoPNet",
-    "ProtoPNetModule",
-    "average_separation",
-    "build",
-    "cluster_cost",
-    "l1_wrong_class",
-    "separation_cost",
-    "stage_plan",
-]

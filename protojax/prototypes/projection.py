@@ -204,3 +204,31 @@ def project(
         )
 
     return reduce(step, projection_init(*prototypes.shape))
+
+
+@jax.jit
+def _nearest_step(min_distances_fn, state: NearestState, batch) -> NearestState:
+    return nearest_update(
+        state,
+        min_distances_fn(batch["image"]),
+        labels=batch["label"],
+        indices=batch["index"],
+        valid=batch["valid"],
+    )
+
+
+def nearest_images(
+    min_distances_fn: jax.tree_util.Partial, num_prototypes: int, reduce: Callable, *, k: int
+) -> NearestState:
+    """The `k` nearest images of every prototype (ProtoPNet's `prune.py`), over an ordered
+    pass.
+
+    Args:
+      min_distances_fn: images `[B, H, W, C]` → `[B, P]` each prototype's distance to the
+        image's nearest patch, a `jax.tree_util.Partial` (it is traced inside the step).
+      num_prototypes: P.
+      reduce: `(fn, init) -> carry`, a fold over the batches of the pass.
+      k: images per prototype.
+    """
+    step = lambda state, batch: _nearest_step(min_distances_fn, state, batch)
+    return reduce(step, nearest_init(num_prototypes, k))
