@@ -314,9 +314,11 @@ def at_least(key: str, low: float, what: str = "an integer") -> Rule:
     return Rule(key, lambda value: value >= low, f"{what} ≥ {low}")
 
 
-def in_interval(key: str, low: float, high: float) -> Rule:
-    """`low ≤ value < high`."""
-    return Rule(key, lambda value: low <= value < high, f"a number in [{low}, {high})")
+def between(key: str, low: float, high: float) -> Rule:
+    """`low < value < high`."""
+    return Rule(
+        key, lambda value: low < value < high, f"a number strictly between {low} and {high}"
+    )
 
 
 def one_of(key: str, choices: Sequence[str]) -> Rule:
