@@ -9,9 +9,12 @@ ends with bit-identical parameters.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import pathlib
+import signal
+import threading
 import time
 from typing import Any
 
@@ -297,6 +300,8 @@ class _Trainer:
         self.steps: dict[tuple, Any] = {}
         self.save_index = -1
         self.steps_done = 0
+        self.stop_requested = False  # a first Ctrl-C: stop at the next step boundary
+        self.forced = False  # a second one: stop at once
         self.saved_steps: dict[int, int] = {}  # checkpoint index -> its step
         self.train_seconds = 0.0
         self.train_images = 0
@@ -382,8 +387,12 @@ class _Trainer:
         # Every exit, an error included, ends the bar's line (so that an error sentence gets
         # a line of its own) and ends a trace still running.
         try:
-            state, step, finished = self.train(state, plan, host, progress)
+            with self.deferred_interrupts():
+                state, step, finished = self.train(state, plan, host, progress)
+        except RunInterrupted:
+            raise
         except KeyboardInterrupt:
+            self.forced = True
             raise self.interrupted() from None
         finally:
             progress.close()
@@ -393,6 +402,33 @@ class _Trainer:
             return self.finish(state, step) if finished else None
         except KeyboardInterrupt:
             raise self.interrupted() from None
+
+    @contextlib.contextmanager
+    def deferred_interrupts(self):
+        """A first Ctrl-C asks the loop to checkpoint and stop at the next step boundary (a
+        KeyboardInterrupt inside a step or a checkpoint write could lose either); a second
+        stops at once. Only in the main thread of a single-process run: on several processes
+        one process's signal cannot stop the others' collectives in step."""
+        if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
+            yield
+            return
+
+        def handler(signum, frame):
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            log.warning("Ctrl-C: stopping with a checkpoint after this step (again: at once).")
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def stop_here(self, state, host: dict) -> RunInterrupted:
+        """Checkpoints the position `host` after a first Ctrl-C; the interrupt to raise."""
+        self.save(state, host)
+        return self.interrupted()
 
     def train(self, state, plan: _Plan, host: dict, progress: Progress):
         """The phases from the restored position: `(state, step, finished)`."""
@@ -413,6 +449,8 @@ class _Trainer:
                     return state, step, False
                 epoch_in_phase += 1
                 state = self.end_of_epoch(state, plan, phase_index, epoch_in_phase, step)
+                if self.stop_requested:
+                    raise self.stop_here(state, self._host(step, phase_index, epoch_in_phase))
                 if stop_after and step >= stop_after:
                     if epoch_in_phase < phase.epochs:
                         self.checkpointer.wait()
@@ -423,12 +461,15 @@ class _Trainer:
                 state = self.apply_op(state, phase.after, step)
             phase_index, epoch_in_phase = phase_index + 1, 0
             self.save(state, self._host(step, phase_index, 0))
+            if self.stop_requested:
+                raise self.interrupted()
         return state, step, True
 
     def interrupted(self) -> RunInterrupted:
         """The interrupt to raise on Ctrl-C, once a checkpoint being written is complete (so
-        that the steps it holds are kept)."""
-        self.checkpointer.wait()
+        that the steps it holds are kept); a forced stop does not wait for it."""
+        if not self.forced:
+            self.checkpointer.wait()
         latest = self.checkpointer.latest()
         if latest is None or latest not in self.saved_steps:
             return RunInterrupted(
@@ -507,6 +548,9 @@ class _Trainer:
                 window = []
             if step == epoch_end:
                 break
+            if self.stop_requested:
+                self.check_flags(pending_flags, step)
+                raise self.stop_here(state, self._host(step, phase_index, epoch_in_phase))
             stop = bool(train.stop_after_steps) and step >= train.stop_after_steps
             if stop or (train.checkpoint_every_steps and step % train.checkpoint_every_steps == 0):
                 # A non-finite step on a save boundary is reported by its term, not as a
