@@ -92,7 +92,7 @@ class LoadedMethod:
 
     `predict`, `embed` and `targets` apply the run's normalisation (`normalize`) and call the
     trained method, `trained`. Every other attribute is the trained method's own: functions
-    such as ProtoPNet's `activations` take normalised images (`method.normalize(images)`).
+    such as ProtoPNet's `activations` take normalised images (`normalize`).
     """
 
     def __init__(self, trained, normalization: str):
