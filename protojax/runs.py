@@ -27,16 +27,10 @@ from protojax.train import loop
 from protojax.train import workdir as wd
 
 
-def train(
-    config: ConfigDict,
-    workdir: str | pathlib.Path,
-    mesh: Mesh | None = None,
-    *,
-    dataset: Dataset | None = None,
-    profile_steps: tuple[int, int] | None = None,
-) -> dict[str, Any] | None:
+def train(config: ConfigDict, workdir: str | pathlib.Path, mesh: Mesh | None = None, **options):
     """Loads the data, builds the method that `config.method` names and trains it with
-    `protojax.train.run`; returns the summary (None if the run stopped early).
+    `protojax.train.run` (whose keyword `options`, `dataset` and `profile_steps`, it passes
+    on); returns the summary, or None if the run stopped early.
 
     The config is validated and the workdir checked and locked before the data loads (see
     `protojax.train.run` for the errors); nothing is written to the workdir but its lock
@@ -48,9 +42,9 @@ def train(
     loop.validate_config(config)
     wd.check_config(workdir, config)
     with wd.locked(workdir):
-        dataset = dataset or load_dataset(config.data)
+        dataset = options.pop("dataset", None) or load_dataset(config.data)
         method = build_method(config, dataset)
-        return loop.run(method, config, workdir, mesh, dataset=dataset, profile_steps=profile_steps)
+        return loop.run(method, config, workdir, mesh, dataset=dataset, **options)
 
 
 def load_workdir(workdir: str | pathlib.Path):
