@@ -147,3 +147,31 @@ def test_a_second_run_is_refused_and_ctrl_c_is_one_line(python, tmp_path):
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if r["kind"] == "train"]
     assert steps == list(range(1, saved + 1))
+
+
+_RAISES = """
+import sys
+from experiments import cli
+with cli.error_contract():
+    if sys.argv[1] == "file":
+        open("/nonexistent/protojax/config.json")
+    raise KeyboardInterrupt
+"""
+
+
+@pytest.mark.parametrize(
+    "case, code, line",
+    [
+        (
+            "file",
+            1,
+            "error: No such file or directory (/nonexistent/protojax/config.json); check the "
+            "path and its permissions.",
+        ),
+        ("interrupt", 130, "interrupted; rerun the same command to resume"),
+    ],
+)
+def test_failed_file_operations_and_ctrl_c_outside_training_are_one_line(python, case, code, line):
+    result = python("-c", _RAISES, case, merged=True)
+    assert result.returncode == code, result.stdout[-2000:]
+    assert result.stdout.strip().splitlines() == [line]
