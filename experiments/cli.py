@@ -77,11 +77,15 @@ OUTPUT_MARKER = ".protojax-output"
 
 
 @contextlib.contextmanager
-def replaced_folder(out: str | pathlib.Path) -> Iterator[pathlib.Path]:
+def replaced_folder(out: str | pathlib.Path, *, owned: bool = False) -> Iterator[pathlib.Path]:
     """A fresh staging folder beside `out` for one launch's outputs; when the block ends
     without an error it replaces `out` whole, so that what is on disk is exactly what this
     launch wrote (no files of an earlier, larger launch remain). On an error the staging
     folder is removed and `out` is left as it was.
+
+    `owned`: `out` is the launcher's own default folder inside a workdir (such as
+    WORKDIR/explanations), replaced even when an older launch left it without the mark that
+    this function puts in the folders it writes.
 
     Raises:
       UsageError: `out` is a file, or a folder holding files that no launcher wrote (it is
@@ -90,7 +94,7 @@ def replaced_folder(out: str | pathlib.Path) -> Iterator[pathlib.Path]:
     out = pathlib.Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"Output {out} is a file; pass a folder.")
-    if out.is_dir() and any(out.iterdir()) and not (out / OUTPUT_MARKER).exists():
+    if not owned and out.is_dir() and any(out.iterdir()) and not (out / OUTPUT_MARKER).exists():
         raise UsageError(
             f"Output folder {out} holds files that no protojax launcher wrote; pass a new or "
             "empty folder, or move them away."

@@ -10,9 +10,9 @@ from experiments import cli
 from protojax.errors import UsageError
 
 
-def _launch(out, count):
+def _launch(out, count, **options):
     """Stands in for a launcher that writes `count` figures and the JSON that lists them."""
-    with cli.replaced_folder(out) as staging:
+    with cli.replaced_folder(out, **options) as staging:
         names = [f"image_{i:03d}.png" for i in range(count)]
         for name in names:
             (staging / name).write_bytes(b"png")
@@ -53,6 +53,10 @@ def test_folders_of_other_files_and_files_are_refused(tmp_path):
     with pytest.raises(UsageError, match=f"Output folder {mine} holds files that no protojax"):
         _launch(mine, 1)
     assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+    # A launcher's own default folder (WORKDIR/explanations of an older launch) is replaced.
+    _launch(mine, 1, owned=True)
+    assert _listed_and_present(mine)[1] == {"image_000.png"}
+    assert not (mine / "thesis.tex").exists()
     afile = tmp_path / "out.png"
     afile.write_bytes(b"x")
     with pytest.raises(UsageError, match=f"Output {afile} is a file; pass a folder."):
