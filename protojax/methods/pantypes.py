@@ -159,6 +159,7 @@ class Pantypes(ProtoVAE):
                 phase.epochs,
                 phase.optimizer,
                 phase.trainable,
+                frozen=phase.frozen,
                 after_epoch=self.after_epoch,
             )
         ]
