@@ -363,19 +363,6 @@ class ProtoVAE(Method):
         return class_logit(self.predict, variables, images, classes)
 
     def _prototype_similarity(self, variables, images, prototypes):
-        similarities = self.net.apply(variables, images, method=ProtoVAENet.infer)[1]
-        picks = prototypes[:, None].astype(jnp.int32)
-        return jnp.take_along_axis(similarities, picks, axis=1)[:, 0]
-
-    def _latent_similarity(self, variables, images, prototypes):
-        mu = self.embed(variables, images)
-        chosen = variables["params"]["prototypes"][prototypes.astype(jnp.int32)]  # [B, d]
-        return jnp.sum(1.0 / ((mu - chosen) ** 2 + PRP_EPS), axis=-1)
-
-    def _class_logit(self, variables, images, classes):
-        return class_logit(self.predict, variables, images, classes)
-
-    def _prototype_similarity(self, variables, images, prototypes):
         similarities = self._infer(variables, images)[1]
         picks = prototypes[:, None].astype(jnp.int32)
         return jnp.take_along_axis(similarities, picks, axis=1)[:, 0]

@@ -180,15 +180,13 @@ class ConvTranspose2d(nn.Module):
         return y.reshape(b, h * s, w * s, self.features) + bias.astype(self.dtype)
 
 
+# torch's BatchNorm defaults: momentum 0.1 (0.9 here), eps 1e-5, γ = 1, β = 0; the batch
+# variance in two passes, as torch takes it.
+_TORCH_BATCH_NORM = {"momentum": 0.9, "epsilon": 1e-5, "use_fast_variance": False}
+
+
 def _batch_norm(train: bool, dtype) -> nn.BatchNorm:
-    # torch's BatchNorm defaults: momentum 0.1 (0.9 here), eps 1e-5, γ = 1, β = 0.
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=0.9,
-        epsilon=1e-5,
-        dtype=dtype,
-        use_fast_variance=False,
-    )
+    return nn.BatchNorm(use_running_average=not train, dtype=dtype, **_TORCH_BATCH_NORM)
 
 
 class Encoder(nn.Module):

@@ -56,14 +56,7 @@ def cluster_cost(
     return _masked_min_mean(min_distances.astype(jnp.float32), own, valid)
 
 
-def separation_cost(
-    min_distances: jax.Array,
-    labels: jax.Array,
-    prototype_class: jax.Array,
-    active: jax.Array | None = None,
-    *,
-    valid: jax.Array | None = None,
-) -> jax.Array:
+def separation_cost(min_distances, labels, prototype_class, active=None, *, valid=None):
     """Mean over rows of the distance to the nearest active prototype of another class.
 
     Positive; the total loss subtracts it (its coefficient is −0.08). Arguments as
@@ -73,14 +66,7 @@ def separation_cost(
     return _masked_min_mean(min_distances.astype(jnp.float32), other, valid)
 
 
-def average_separation(
-    min_distances: jax.Array,
-    labels: jax.Array,
-    prototype_class: jax.Array,
-    active: jax.Array | None = None,
-    *,
-    valid: jax.Array | None = None,
-) -> jax.Array:
+def average_separation(min_distances, labels, prototype_class, active=None, *, valid=None):
     """Mean over rows of the mean distance to the active prototypes of other classes (logged,
     not optimised). Arguments as `cluster_cost`."""
     _, other = _class_masks(labels, prototype_class, active)
