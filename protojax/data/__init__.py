@@ -29,6 +29,9 @@ def default_config() -> ConfigDict:
             "image_size": 0,
             # The global batch: it never depends on the device count.
             "batch_size": 64,
+            # Drop each epoch's last partial training batch; off: keep it, padded to the full
+            # batch with rows whose `valid` is false (as the official ProtoVAE code keeps it).
+            "drop_last": True,
             "eval_batch_size": 256,
             # none: [0, 1]; symmetric: [-1, 1]; imagenet: (x - mean) / std per channel.
             "normalization": "none",
@@ -36,6 +39,8 @@ def default_config() -> ConfigDict:
             "train_split": "train",
             "val_split": "",
             "test_split": "test",
+            # 0: no `val` split; the whole training split trains (nothing is selected on val
+            # in any case: the final parameters are the ones reported).
             "val_fraction": 0.1,
             # Held out of train as test where a source has none (folder without test/, a
             # TFDS dataset with only a train split).

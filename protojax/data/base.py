@@ -107,10 +107,15 @@ class Dataset:
 def stratified_split(
     labels: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Splits indices `[N]` into (keep, held_out) with `fraction` of each class held out."""
+    """Splits indices `[N]` into (keep, held_out) with `fraction` of each class held out.
+
+    A `fraction` of 0 holds nothing out: `held_out` is empty.
+    """
     from sklearn.model_selection import train_test_split
 
     indices = np.arange(len(labels))
+    if fraction == 0:
+        return indices, indices[:0]
     keep, held = train_test_split(
         indices, test_size=fraction, stratify=labels, random_state=seed, shuffle=True
     )
