@@ -54,6 +54,9 @@ def default_config() -> ConfigDict:
                 "crop_padding": 0,  # random crop after zero padding by this many pixels
                 "hflip": False,
                 "rotation_degrees": 0.0,  # uniform in [-r, r]
+                # ProtoPNet's official offline Augmentor copies, online: per example a third
+                # rotated ±15° (zoomed to fill), a third skewed (0.2), a third sheared ±10°.
+                "augmentor_mix": False,
                 "color_jitter": 0.0,  # brightness/contrast/saturation strength
             },
             "shapes": {

@@ -94,7 +94,13 @@ def local_rows(global_batch: int, mesh: Mesh | None = None) -> np.ndarray:
 
 def _augment(batch: dict, *, seed: int, epoch: int, augment) -> dict:
     if augment is None or not any(
-        [augment.crop_padding, augment.hflip, augment.rotation_degrees, augment.color_jitter]
+        [
+            augment.crop_padding,
+            augment.hflip,
+            augment.rotation_degrees,
+            augment.get("augmentor_mix"),
+            augment.color_jitter,
+        ]
     ):
         return batch
     from protojax.data.augment import augment_batch
