@@ -641,6 +641,8 @@ def test_configs_carry_the_official_settings(name):
     cifar = name.endswith("cifar")
     assert (augment.hflip, augment.crop_padding) == ((True, 2) if cifar else (False, 0))
     assert augment.color_jitter == 0.0 and augment.rotation_degrees == 0.0
+    # The official loaders train on the whole training split and keep the last batch.
+    assert (config.data.val_fraction, config.data.drop_last) == (0.0, False)
     method = build_method(config, describe(config.data))
     assert method.net.arch == arch
 
