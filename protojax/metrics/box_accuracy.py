@@ -1,5 +1,5 @@
 """MaxBoxAcc v2 (Choe et al., CVPR 2020, "Evaluating Weakly Supervised Object Localization
-Methods Right"; METHODS.md §8).
+Methods Right").
 
 This metric runs on the host: connected components are labelled with `scipy.ndimage`, so it
 takes and converts arrays but is not jit-able.

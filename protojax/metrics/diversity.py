@@ -1,4 +1,5 @@
-"""Diversity of prototypes: KMEx's normalised entropy (METHODS.md §4.4)."""
+"""Diversity of prototypes: KMEx's normalised entropy
+(SrishtiGautam/KMEx, `utils/evaluation.py::diversity`)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Localisation of saliency maps against ground-truth masks: pointing game, relevance rank and
-relevance mass accuracy (METHODS.md §7.2).
+relevance mass accuracy (Arras et al., "CLEVR-XAI", Information Fusion 2022).
 
 Saliency maps are `[B, H, W]` (a trailing channel axis of size 1 is accepted; reduce
 multi-channel attributions with `protojax.explain.reduce_channels` first). Masks are `[B, H, W]`
