@@ -3,7 +3,8 @@
 A split serves examples by index. `get_batch(indices)` returns the batch dict of the method
 protocol (`protojax.train.protocol`) without the `valid` field: `image [n,H,W,C] float32` in
 [0, 1], `label [n] int32`, `index [n] int32`, and source-specific fields
-(`mask [n,H,W] bool`, `box [n,4] int32`, ...). Normalization and augmentation happen later, in the pipeline.
+(`mask [n,H,W] bool`, `box [n,4] int32`, ...). Normalization and augmentation happen later,
+in the pipeline.
 """
 
 from __future__ import annotations
