@@ -31,6 +31,8 @@ summary.json gets `test_accuracy_before_push` and `test_accuracy_after_push` of 
 push, `push_history` with both for every push (also logged as `push` events), and, after
 pruning, `pruned_prototypes` and the test accuracies before and after it. Each push writes
 its prototypes' images and an `index.json` under `figures/prototypes/push_NN/`.
+
+Every departure from the official code is listed in docs/fidelity.md.
 """
 
 from __future__ import annotations
@@ -148,7 +150,12 @@ def _class_masks(labels, prototype_class, active):
 
 
 def _masked_min_mean(min_distances, mask, valid):
-    per_row = jnp.min(jnp.where(mask, min_distances, jnp.inf), axis=1)
+    masked = jnp.where(mask, min_distances, jnp.inf)
+    # argmin and a gather send a row's whole gradient to its first minimum, as the official
+    # torch.max(dim=1) does (train_and_test.py); jnp.min would split it between tied
+    # prototypes, which then never separate once a push has made them equal.
+    first = jnp.argmin(masked, axis=1)
+    per_row = jnp.take_along_axis(masked, first[:, None], axis=1)[:, 0]
     has = jnp.any(mask, axis=1)
     rows = has if valid is None else has & valid
     return masked_mean(jnp.where(has, per_row, 0.0), rows)

@@ -7,26 +7,30 @@ z and shows every prototype as an image. The loss is
 
     L = w_ce·CE + w_rec·MSE(decoder(z), x) + w_kl·KL-to-class-prototypes + w_orth·orthonormality
 
-with all weights 1 (METHODS.md §2). Encoders and decoders are built layer for layer as in the
-official code (`model.arch`: mnist and fmnist, quickdraw, svhn, cifar10), including the
-Conv → ReLU → BatchNorm order, the clamp of log σ² to ±18.42, the final tanh and the
-initialisations. Two deliberate differences: tensors are NHWC, so the flatten before the first
-encoder Dense layer and the reshape after the first decoder Dense layer order features as
-(H, W, C) instead of PyTorch's (C, H, W) (a fixed permutation of those layers' weights); and
-BatchNorm normalises with the biased variance in its running average too. BatchNorm takes the
-batch variance in two passes, mean((x − mean)²), as PyTorch does: Flax's default
-E[x²] − E[x]² loses digits in float32 after a ReLU, where the mean is large next to the spread.
+with all weights 1 (`settings.py` of SrishtiGautam/ProtoVAE). Encoders and decoders are built
+layer for layer as in the official code (`model.arch`: mnist and fmnist, quickdraw, svhn,
+cifar10), including the Conv → ReLU → BatchNorm order, the clamp of log σ² to ±18.42, the final
+tanh and the initialisations. Two deliberate differences: tensors are NHWC, so the flatten
+before the first encoder Dense layer and the reshape after the first decoder Dense layer order
+features as (H, W, C) instead of PyTorch's (C, H, W) (a fixed permutation of those layers'
+weights); and BatchNorm normalises with the biased variance in its running average too.
+BatchNorm takes the batch variance in two passes, mean((x − mean)²), as PyTorch does: Flax's
+default E[x²] − E[x]² loses digits in float32 after a ReLU, where the mean is large next to the
+spread.
 
-The orthonormality term follows the latest official `model.py` (fe2a6a0, 2023-03-14), the M×M
-form ‖P̃_k P̃_kᵀ − I_M‖_F; an earlier revision (0ea9f1b, 2023-01-27) used the d×d form
-P̃_kᵀ P̃_k − I_d. It is logged at weight 0 too, as the official Pantypes code logs it.
+The orthonormality term follows the latest official `model.py` (since 3430af8, 2023-03-14), the
+M×M form ‖P̃_k P̃_kᵀ − I_M‖_F; the code released with the paper (fa1d9e1, 2022-10-11) used the
+d×d form ‖P̃_kᵀ P̃_k − I_d‖_F, which `model.orthonormality=dimensions` selects. It is logged at
+weight 0 too, as the official Pantypes code logs it.
 
-The official code never samples the latent (`if(~is_train): z = mu` is always true; METHODS.md
-§2.5), so z = μ here by default, which reproduces the published numbers;
+The official code never samples the latent (`if(~is_train): z = mu` is always true,
+`model.py:297-299`), so z = μ here by default, which reproduces the published numbers;
 `model.sample_latent=True` gives the intended reparameterisation z = μ + σ·ε during training.
 
 Pantypes (`protojax.methods.pantypes`) is this method with the volumetric diversity term: the
 module, the losses and the figures are shared; `model.loss_weights` chooses the terms.
+
+Every departure from the official code is listed in docs/fidelity.md.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from protojax.errors import UsageError
 from protojax.methods.common import accuracy, class_logit, cross_entropy, masked_mean
 from protojax.prototypes.distances import l2_distances, log_similarity, squared_l2_distances
 from protojax.prototypes.diversity import (
+    ORTHONORMALITY_FORMS,
     inverse_volume_loss,
     orthonormality_loss,
     prototype_log_volume,
@@ -56,9 +61,9 @@ from protojax.train.protocol import Method, Phase
 HIGHEST = jax.lax.Precision.HIGHEST
 # log σ² is clamped to [log 1e-8, −log 1e-8], as in the official code.
 LOGVAR_BOUND = -math.log(1e-8)
-# ProtoVAE's relevance seed ε in 1 / ((μ − p)² + ε) (METHODS.md §2.8).
+# ProtoVAE's relevance seed ε in 1 / ((μ − p)² + ε) (the official `prp.py`).
 PRP_EPS = 1e-4
-# Logged even at weight 0, as the official Pantypes code logs orthonormality (METHODS.md §3.1);
+# Logged even at weight 0, as the official Pantypes code logs orthonormality (its `model.py`);
 # finite for any finite prototypes. The inverse volume can overflow float32 for nearly singular
 # prototypes, which would stop a run over a diagnostic, so it is computed only when weighted.
 LOGGED_AT_WEIGHT_0 = ("orthonormality",)
@@ -464,6 +469,9 @@ def default_model_config() -> ConfigDict:
             },
             # Pantypes' c in 1/√det(c·P_k P_kᵀ).
             "volume_scale": 1.0,
+            # prototypes: ‖P̃P̃ᵀ − I_M‖ as the latest official model.py; dimensions:
+            # ‖P̃ᵀP̃ − I_d‖ as the code released with the paper (fa1d9e1).
+            "orthonormality": "prototypes",
         }
     )
 
@@ -505,6 +513,12 @@ class ProtoVAE(Method):
         self.prototypes_per_class = model.prototypes_per_class
         self.loss_weights = {k: float(v) for k, v in model.loss_weights.items() if v}
         self.volume_scale = model.volume_scale
+        if model.orthonormality not in ORTHONORMALITY_FORMS:
+            raise UsageError(
+                f"Unknown model.orthonormality '{model.orthonormality}'; use one of "
+                f"{', '.join(ORTHONORMALITY_FORMS)}."
+            )
+        self.orthonormality = model.orthonormality
         self.sample_latent = model.sample_latent
         self.normalization = config.data.normalization
         self.net = ProtoVAENet(
@@ -559,7 +573,9 @@ class ProtoVAE(Method):
             ),
         }
         grouped, active = self.grouped(variables)
-        terms["orthonormality"] = orthonormality_loss(grouped, active=active)
+        terms["orthonormality"] = orthonormality_loss(
+            grouped, active=active, form=self.orthonormality
+        )
         if "inverse_volume" in self.loss_weights:
             terms["inverse_volume"] = inverse_volume_loss(
                 grouped, active=active, scale=self.volume_scale

@@ -59,9 +59,7 @@ def test_costs_and_tie_gradients_match_the_official_formula():
         np.testing.assert_array_equal(np.asarray(our_grad), grad.astype(np.float32))
     assert g_cluster[0].tolist() == [1 / 3, 0, 0, 0, 0, 0]
     assert g_separation[1].tolist() == [1 / 3, 0, 0, 0, 0, 0]
-
-
-def test_separation_cost_matches_the_official_formula_on_random_distances():
+    # Random distances (no ties): the separation cost and its gradient.
     rng = np.random.default_rng(3)
     d = rng.uniform(0, 20, (16, 30)).astype(np.float32)
     labels = rng.integers(0, 3, 16).astype(np.int32)
