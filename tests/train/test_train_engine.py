@@ -415,7 +415,7 @@ def test_progress_bar_on_a_terminal_and_plain_lines_otherwise():
 
 class OnePhaseToy(Toy):
     def phases(self, config):
-        return [Phase("first", 1, "adam", (("a/.*", adam(1e-2)),))]
+        return [Phase("first", 1, "adam", ((".*", adam(1e-2)),))]
 
 
 def test_no_val_split_and_kept_last_batch(tmp_path, mesh2):
