@@ -153,7 +153,7 @@ def _masked_min_mean(min_distances, mask, valid):
     masked = jnp.where(mask, min_distances, jnp.inf)
     # argmin and a gather send a row's whole gradient to its first minimum, as the official
     # torch.max(dim=1) does (train_and_test.py); jnp.min would split it between tied
-    # prototypes, which then never separate once a push has made them equal.
+    # prototypes (two pushed onto one patch), giving them equal updates.
     first = jnp.argmin(masked, axis=1)
     per_row = jnp.take_along_axis(masked, first[:, None], axis=1)[:, 0]
     has = jnp.any(mask, axis=1)
