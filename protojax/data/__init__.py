@@ -85,7 +85,11 @@ CONFIG_RULES = (
     config_lib.at_least("data.batch_size", 1),
     config_lib.at_least("data.eval_batch_size", 1),
     config_lib.one_of("data.normalization", ("none", "symmetric", "imagenet")),
-    config_lib.between("data.val_fraction", 0, 1),
+    config_lib.Rule(
+        "data.val_fraction",
+        lambda value: 0 <= value < 1,
+        "a number from 0 (no validation split) up to, not including, 1",
+    ),
     config_lib.between("data.test_fraction", 0, 1),
     config_lib.at_least("data.num_workers", 0),
     config_lib.at_least("data.augment.crop_padding", 0),
