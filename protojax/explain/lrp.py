@@ -272,8 +272,10 @@ def _rule_relevance(rule: Rule, apply, params, x, relevance):
     return x * _rule_gradient(rule, apply, params, x, relevance)
 
 
-def _ruled_layer(rule: Rule, apply, first: bool):
-    """y = apply(params, x) with the rule as its backward pass.
+def _ruled_layer(rule: Rule, apply, apply_rule, first: bool):
+    """y = apply(params, x) with the rule as its backward pass, computed by `apply_rule` (the
+    same layer in float32 at the highest matmul precision: the rules divide by sums of
+    contributions, which low-precision matmuls would perturb).
 
     A first layer sends its input relevance to `probe` (the explainer's output) and nothing
     further back; the others send the modified gradient to x.
@@ -290,12 +292,15 @@ def _ruled_layer(rule: Rule, apply, first: bool):
 
     def backward(saved, g):
         params, x, probe, y = saved
-        relevance = y * g.astype(y.dtype)
+        params32 = jax.tree_util.tree_map(lambda v: v.astype(jnp.float32), params)
+        x32 = x.astype(jnp.float32)
+        relevance = y.astype(jnp.float32) * g.astype(jnp.float32)
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
         if first:
-            r_in = _rule_relevance(rule, apply, params, x, relevance)
+            r_in = _rule_relevance(rule, apply_rule, params32, x32, relevance)
             return zeros, jnp.zeros_like(x), r_in.reshape(probe.shape).astype(probe.dtype)
-        return zeros, _rule_gradient(rule, apply, params, x, relevance), jnp.zeros_like(probe)
+        g_in = _rule_gradient(rule, apply_rule, params32, x32, relevance)
+        return zeros, g_in.astype(x.dtype), jnp.zeros_like(probe)
 
     layer.defvjp(forward, backward)
     return layer
@@ -381,7 +386,10 @@ class _Interceptor:
                     f"them): it got shape {x.shape}, the images have shape {self.probe.shape}."
                 )
             self.probe_used = True
-        layer = _ruled_layer(rule, self._pure(module, **overrides), first)
+        exact = {"dtype": jnp.float32, "precision": jax.lax.Precision.HIGHEST}
+        layer = _ruled_layer(
+            rule, self._pure(module, **overrides), self._pure(module, **exact, **overrides), first
+        )
         return layer(params, x, self.probe)
 
     def _linear(self, module, params, x):

@@ -166,7 +166,11 @@ def _protopnet(prototypes, epsilon, features, targets):
     return share * at_patch[..., None]
 
 
-def protopnet_relevance(prototypes, *, epsilon: float = 1e-4):
+def _protopnet_after_sigmoid(prototypes, epsilon, logits, targets):
+    return _protopnet(prototypes, epsilon, jax.nn.sigmoid(logits), targets)
+
+
+def protopnet_relevance(prototypes, *, epsilon: float = 1e-4, sigmoid: bool = False):
     """ProtoPNet's patch-prototype relevance for prototype `targets[b]` (PRP, Gautam et al.
     2023, its `l2_lrp` rule).
 
@@ -175,12 +179,16 @@ def protopnet_relevance(prototypes, *, epsilon: float = 1e-4):
     similarity as relevance, shared among its D channels in proportion to
     1/((z_c − p_c)⁴ + 1e-12), so that the channels closest to the prototype carry it.
 
-    When the add-on layers end in a sigmoid, give `prp` the sigmoid's input as the latent and
-    compose `lambda z, t: relevance_fn(jax.nn.sigmoid(z), t)`: relevance passes the sigmoid
-    unchanged.
+    Args:
+      prototypes: `[P, D]` (1×1 patches).
+      epsilon: ε of the similarity.
+      sigmoid: the latent given is the input of the add-on's final sigmoid (the output of its
+        last conv, where the LRP rules start); the relevance is computed on its sigmoid and
+        passes the sigmoid unchanged, as in the official code.
 
     Returns:
       `relevance_fn(features [B, h, w, D], targets [B]) -> [B, h, w, D]`, a Partial holding
-      the prototypes `[P, D]`.
+      the prototypes.
     """
-    return Partial(_protopnet, _check_prototypes(prototypes), epsilon)
+    fn = _protopnet_after_sigmoid if sigmoid else _protopnet
+    return Partial(fn, _check_prototypes(prototypes), epsilon)
