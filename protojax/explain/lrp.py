@@ -20,9 +20,10 @@ relevance in place).
 The score function's contract (for methods exporting LRP targets): `score_fn(images) -> [B]`
 or `score_fn(images, targets) -> [B]`, as for the other gradient explainers, computing the
 score through `module.apply(variables, images, ...)` in inference mode (BatchNorm with
-running averages), so that the layers are intercepted. Activations other than ReLU between
-rule layers keep their ordinary gradient (not an LRP rule); end the score at a Dense/Conv
-output (a logit) for the relevance to sum to it.
+running averages), so that the layers are intercepted. Activations other than ReLU, and
+normalisations other than BatchNorm (LayerNorm, GroupNorm), keep their ordinary gradient
+between rule layers, which is not an LRP rule; end the score at a Dense/Conv output (a logit)
+for the relevance to sum to it.
 """
 
 from __future__ import annotations
@@ -412,7 +413,7 @@ class _Interceptor:
         if module.axis not in (-1, x.ndim - 1):
             raise ValueError(f"LRP canonises BatchNorm over the last axis only; got {module.axis}.")
         last = self.last
-        if last is not None and x is last.output:
+        if last is not None and x is last.output and _fusable(last.module, module, last.params):
             self.last = None
             return self._run(
                 last.module,
@@ -424,6 +425,13 @@ class _Interceptor:
         if self.composite.batchnorm == "gradient":
             return next_fun(*args, **kwargs)
         return _pass_through(lambda v: next_fun(v, *args[1:], **kwargs))(x)
+
+
+def _fusable(layer: nn.Module, bn: nn.BatchNorm, params: dict) -> bool:
+    """Whether the layer's kernel ends in its output features, which BN scales."""
+    if getattr(layer, "transpose_kernel", False):
+        return False
+    return params["kernel"].shape[-1] == bn.variables["batch_stats"]["mean"].shape[-1]
 
 
 def _fuse_batchnorm(params: dict, bn: nn.BatchNorm) -> dict:
