@@ -133,6 +133,7 @@ class Pantypes(ProtoVAE):
                 phase.epochs,
                 phase.optimizer,
                 phase.trainable,
+                frozen=phase.frozen,
                 after_epoch=self.after_epoch,
             )
         ]

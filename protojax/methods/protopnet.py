@@ -549,16 +549,18 @@ class ProtoPNet(Method):
             warm += (last,)
             joint += ((last[0], optim.adam(o.last_layer_lr, schedule=schedule)),)
         frozen_bn = m.frozen_stages_update_batch_stats
+        trained_last = ("last_layer/.*",) if not m.train_last_layer_before_push else ()
+        head_only = ("backbone/.*", "add_on/.*", "prototypes")
         kinds = {
-            "warm": ("warm", warm, frozen_bn),
-            "joint": ("joint", joint, True),
-            "last": ("last", (last,), frozen_bn),
+            "warm": ("warm", warm, ("backbone/.*", *trained_last), frozen_bn),
+            "joint": ("joint", joint, trained_last, True),
+            "last": ("last", (last,), head_only, frozen_bn),
             # A fresh Adam, as run_pruning.py builds its own last-layer optimizer.
-            "prune_last": ("prune_last", (last,), frozen_bn),
+            "prune_last": ("prune_last", (last,), head_only, frozen_bn),
         }
         phases = []
         for stage in stage_plan(m, config.train.epochs):
-            optimizer, trainable, batch_stats = kinds[stage.kind]
+            optimizer, trainable, frozen, batch_stats = kinds[stage.kind]
             after = self.push if stage.push_after else self.prune if stage.prune_after else None
             phases.append(
                 Phase(
@@ -566,6 +568,7 @@ class ProtoPNet(Method):
                     stage.epochs * passes,
                     optimizer,
                     trainable,
+                    frozen=frozen,
                     update_batch_stats=batch_stats,
                     after=after,
                 )

@@ -10,7 +10,6 @@ ends with bit-identical parameters.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import pathlib
 import time
@@ -165,17 +164,36 @@ def restore_variables(method: Method, config, dataset: Dataset, workdir: pathlib
     return restored.variables
 
 
-def partitionable(fn):
-    """`fn` traced, compiled and run with the partitionable threefry, whatever the global
-    default: a step's draws on a sharded batch then need no communication, and do not depend
-    on the device count."""
+class TrainStep:
+    """The engine's compiled step `(state, batch) -> (state, metrics, finite_flags)`: jitted
+    with the state donated and every output replicated, traced and run under the
+    partitionable threefry whatever the global default (a step's draws on a sharded batch then
+    need no communication and do not depend on the device count)."""
 
-    @functools.wraps(fn)
-    def call(*args):
+    def __init__(self, step, mesh: Mesh):
+        replicated = _replicated(mesh)
+        self._jitted = jax.jit(step, donate_argnums=(0,), out_shardings=(replicated,) * 3)
+
+    def __call__(self, state: TrainState, batch):
         with jax.threefry_partitionable(True):
-            return fn(*args)
+            return self._jitted(state, batch)
 
-    return call
+    def compile(self, state: TrainState, batch):
+        """The ahead-of-time compiled executable for these shapes (benchmarks time this)."""
+        with jax.threefry_partitionable(True):
+            return self._jitted.lower(state, batch).compile()
+
+
+def build_train_step(
+    method: Method, phase: Phase, plan: _Plan, mesh: Mesh, config: ConfigDict
+) -> TrainStep:
+    """The step the engine runs for `phase` of `plan` (from `initial_state`), with the run's
+    step rng (`fold_in(base, step)`) and `train.grad_accum_steps` micro-batches."""
+    base_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
+    step = make_train_step(
+        method, phase, plan.optimizers[phase.optimizer], base_rng, config.train.grad_accum_steps
+    )
+    return TrainStep(step, mesh)
 
 
 def make_train_step(method: Method, phase: Phase, tx, base_rng, accum: int):
@@ -234,18 +252,24 @@ def make_train_step(method: Method, phase: Phase, tx, base_rng, accum: int):
     return step
 
 
+def _step_key(phase: Phase) -> tuple:
+    """What defines a phase's compiled step: the loss sees the phase's name, the update its
+    optimizer and rules (the same objects for every phase sharing the optimizer), and
+    `update_batch_stats`; the epochs and the after-operations do not enter it."""
+    return (phase.name, phase.optimizer, phase.trainable, phase.frozen, phase.update_batch_stats)
+
+
 class _Trainer:
     def __init__(self, method, config, dataset, workdir, mesh, profile_steps):
         self.method, self.config, self.dataset = method, config, dataset
         self.workdir, self.mesh, self.profile_steps = workdir, mesh, profile_steps
         self.replicated = _replicated(mesh)
-        self.base_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
         self.checkpointer = Checkpointer(
             workdir / wd.CHECKPOINTS, keep=config.train.keep_checkpoints
         )
         self.writer = wd.MetricWriter(workdir)
         self.ctx = RunContext(config, dataset, mesh, workdir, self.writer, method)
-        self.steps: dict[int, Any] = {}
+        self.steps: dict[tuple, Any] = {}
         self.save_index = -1
         self.train_seconds = 0.0
         self.train_images = 0
@@ -284,22 +308,14 @@ class _Trainer:
 
     # --- steps -----------------------------------------------------------------------
     def compiled_step(self, plan: _Plan, index: int):
+        """The jitted step of phase `index`, shared by every phase that the same name,
+        optimizer, trainable rules and `update_batch_stats` define (revisited phases such as
+        ProtoPNet's joint and last stages compile once)."""
         phase = plan.phases[index]
-        if index not in self.steps:
-            step = make_train_step(
-                self.method,
-                phase,
-                plan.optimizers[phase.optimizer],
-                self.base_rng,
-                self.config.train.grad_accum_steps,
-            )
-            jitted = jax.jit(
-                step,
-                donate_argnums=(0,),
-                out_shardings=(self.replicated, self.replicated, self.replicated),
-            )
-            self.steps[index] = partitionable(jitted)
-        return self.steps[index]
+        key = _step_key(phase)
+        if key not in self.steps:
+            self.steps[key] = build_train_step(self.method, phase, plan, self.mesh, self.config)
+        return self.steps[key]
 
     def check_flags(self, flags, step: int) -> None:
         flags = jax.device_get(flags)
@@ -538,7 +554,7 @@ class _Trainer:
 
 
 def run(
-    method: Method | None,
+    method: Method,
     config: ConfigDict,
     workdir: str | pathlib.Path,
     mesh: Mesh | None = None,
@@ -546,10 +562,11 @@ def run(
     dataset: Dataset | None = None,
     profile_steps: tuple[int, int] | None = None,
 ) -> dict[str, Any] | None:
-    """Trains `method` (built from `config.method` if None) and returns the summary.
+    """Trains `method` through its phases and returns the summary.
 
     Args:
-      method: a `Method`, or None to build the one named by `config.method`.
+      method: a built `Method` (`protojax.methods.build_method(config, dataset)`, or a user's
+        own); `protojax.runs.train(config, workdir)` builds it from `config.method`.
       config: the experiment config (see experiments/configs).
       workdir: where config.json, checkpoints, metrics.jsonl, summary.json and figures go.
         An existing workdir of the same config is resumed.
@@ -561,13 +578,7 @@ def run(
       The summary dict, or None if the run stopped early (train.stop_after_steps).
     """
     workdir = pathlib.Path(workdir)
-    wd.prepare(workdir, config)
-    dataset = dataset or load_dataset(config.data)
-    wd.write_dataset_info(workdir, dataset)
-    if method is None:
-        from protojax.methods import build_method
-
-        method = build_method(config, dataset)
+    wd.check_config(workdir, config)
     mesh = mesh or make_data_mesh()
     devices = mesh.devices.size
     for key in ("batch_size", "eval_batch_size"):
@@ -581,6 +592,9 @@ def run(
             f"data.batch_size={config.data.batch_size} must divide by train.grad_accum_steps "
             f"× devices = {config.train.grad_accum_steps * devices}."
         )
+    dataset = dataset or load_dataset(config.data)
+    wd.write_config(workdir, config)
+    wd.write_dataset_info(workdir, dataset)
     trainer = _Trainer(method, config, dataset, workdir, mesh, profile_steps)
     try:
         return trainer.run()

@@ -1,5 +1,5 @@
-"""The work directory: config.json, dataset.json, metrics.jsonl, summary.json, figures/,
-checkpoints/ — and `load_workdir` to read one back from a notebook."""
+"""The work directory: config.json, dataset.json, metrics.jsonl, summary.json, figures/ and
+checkpoints/ (`protojax.load_workdir` reads one back)."""
 
 from __future__ import annotations
 
@@ -26,34 +26,46 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-def prepare(workdir: pathlib.Path, config: ConfigDict) -> bool:
-    """Creates the workdir or checks that it belongs to this config; True if it existed.
+def check_config(workdir: pathlib.Path, config: ConfigDict) -> None:
+    """Checks that the workdir is free for this config; writes nothing.
+
+    A workdir holds a run once it has a checkpoint: until then (a start that failed on its
+    data, say) a new config may take it over.
 
     Raises:
-      WorkdirError: the workdir's config.json differs in a non-runtime key.
+      WorkdirError: the workdir holds a run whose config.json differs in a non-runtime key.
     """
     path = workdir / CONFIG
-    new = config_lib.to_dict(config)
-    existed = path.exists()
-    if existed:
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise WorkdirError(
-                f"{path} is not valid JSON ({error.msg}); restore it or use a new --workdir."
-            ) from None
-        keys = config_lib.differing_keys(old, new)
-        if keys:
-            shown = ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")
-            raise WorkdirError(
-                f"Workdir {workdir} holds a run with another config (differing keys: {shown}); "
-                "use a new --workdir, or rerun with the same config to resume."
-            )
+    if workdir.exists() and not workdir.is_dir():
+        raise WorkdirError(f"--workdir {workdir} is a file; pass a directory.")
+    if not path.exists() or not has_checkpoint(workdir):
+        return
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise WorkdirError(
+            f"{path} is not valid JSON ({error.msg}); restore it or use a new --workdir."
+        ) from None
+    keys = config_lib.differing_keys(old, config_lib.to_dict(config))
+    if keys:
+        shown = ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")
+        raise WorkdirError(
+            f"Workdir {workdir} holds a run with another config (differing keys: {shown}); "
+            "use a new --workdir, or rerun with the same config to resume."
+        )
+
+
+def has_checkpoint(workdir: pathlib.Path) -> bool:
+    directory = workdir / CHECKPOINTS
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+def write_config(workdir: pathlib.Path, config: ConfigDict) -> None:
+    """Creates the workdir and writes config.json (main process only)."""
     if is_main_process():
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / FIGURES).mkdir(exist_ok=True)
-        path.write_text(config_lib.to_json(config) + "\n")
-    return existed
+        (workdir / CONFIG).write_text(config_lib.to_json(config) + "\n")
 
 
 def write_dataset_info(workdir: pathlib.Path, dataset: Dataset) -> None:
@@ -113,46 +125,3 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
 def write_summary(workdir: pathlib.Path, summary: dict[str, Any]) -> None:
     if is_main_process():
         (workdir / SUMMARY).write_text(json.dumps(summary, indent=2, default=float) + "\n")
-
-
-def load_workdir(workdir: str | pathlib.Path):
-    """`(method, variables, config)` from a finished or running workdir's newest checkpoint."""
-    from protojax.methods import build_method
-    from protojax.train.loop import restore_variables
-
-    workdir = pathlib.Path(workdir)
-    if not (workdir / CONFIG).exists():
-        raise WorkdirError(f"{workdir} has no {CONFIG}; pass the --workdir of a training run.")
-    stored = json.loads((workdir / CONFIG).read_text())
-    config = config_lib.from_dict(_with_library_defaults(stored))
-    dataset = read_dataset_info(workdir)
-    method = build_method(config, dataset)
-    variables = restore_variables(method, config, dataset, workdir)
-    return method, variables, config
-
-
-def _with_library_defaults(stored: dict[str, Any]) -> dict[str, Any]:
-    """A stored config with the keys the library gained since the run was written (such as
-    `data.download`) at their defaults; stored values always win."""
-    from protojax.data import default_config as data_config
-    from protojax.methods import method_module
-    from protojax.train.loop import default_config as train_config
-
-    module = method_module(stored.get("method", ""))
-    defaults = {
-        "data": data_config(),
-        "model": module.default_model_config(),
-        "optim": module.default_optim_config(),
-        "train": train_config(),
-    }
-
-    def merge(default: dict, value: dict) -> dict:
-        out = dict(value)
-        for key, fallback in default.items():
-            if key not in out:
-                out[key] = fallback
-            elif isinstance(fallback, dict) and isinstance(out[key], dict):
-                out[key] = merge(fallback, out[key])
-        return out
-
-    return merge({name: config_lib.to_dict(d) for name, d in defaults.items()}, stored)

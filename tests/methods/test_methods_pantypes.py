@@ -15,7 +15,8 @@ from protojax.methods import build_method, pantypes
 from protojax.methods.pantypes import Pantypes, eliminate
 from protojax.methods.protovae import ProtoVAE
 from protojax.prototypes import diversity
-from protojax.train import Method, Phase, RunContext, TrainState, adam, make_data_mesh, run
+from protojax.runs import train as train_run
+from protojax.train import Method, Phase, RunContext, TrainState, adam, make_data_mesh
 from protojax.train.loop import make_train_step
 from protojax.train.optim import build_optimizer
 from protojax.train.workdir import MetricWriter, read_metrics
@@ -296,7 +297,7 @@ def digits_runs(tmp_path_factory, digits):
         config = load_config(name)
         set_value(config, "train.progress", False)
         workdir = tmp_path_factory.mktemp(name)
-        run(None, config, workdir, make_data_mesh(jax.devices()[:1]), dataset=digits)
+        train_run(config, workdir, make_data_mesh(jax.devices()[:1]), dataset=digits)
         summaries[name] = json.loads((workdir / "summary.json").read_text())
     return summaries
 

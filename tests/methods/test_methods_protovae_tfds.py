@@ -10,7 +10,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from protojax.config import load_config, set_value
-from protojax.train import make_data_mesh, run
+from protojax.runs import train as train_run
+from protojax.train import make_data_mesh
 from protojax.train.workdir import read_metrics
 
 
@@ -31,7 +32,7 @@ def test_protovae_cifar_runs_one_step_under_mock_data(tmp_path):
         jax.threefry_partitionable(False),
         tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE),
     ):
-        summary = run(None, config, tmp_path, make_data_mesh(jax.devices()[:1]))
+        summary = train_run(config, tmp_path, make_data_mesh(jax.devices()[:1]))
     assert summary["steps"] == 1
     assert 0.0 <= summary["test_accuracy"] <= 1.0
     assert np.isfinite(summary["prototype_log_volume"])
