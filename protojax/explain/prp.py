@@ -14,6 +14,18 @@ The relevance functions below build that latent relevance for each family of pro
 
 Each returns a `jax.tree_util.Partial` holding the prototypes, `relevance_fn(latent, targets)`
 with `targets [B]` the prototype index explained for each image.
+
+One departure from the official code: its canoniser folds every BatchNorm into the conv
+before it, even across the ReLU of ProtoVAE's Conv → ReLU → BN blocks, which changes the
+forward pass (the folded shift moves inside the ReLU). Here the forward pass is the trained
+model's: only a BN that reads a Dense/Conv output directly is folded, and a BN after a ReLU
+passes its relevance unchanged (`Composite.batchnorm = "pass"`, the official BN rule).
+Pooling uses LRP-0 where the official code adds ε = 1e-6.
+
+Method contract: `features_fn` is a Partial of the method's embedding function and its
+variables (for ProtoVAE, `Partial(method.embed, variables)`, μ), and the images are in the
+model's input range; the `prp` composite's first layer assumes inputs in [−1, 1] (the
+`symmetric` normalisation), other ranges pass `composite_by_name("prp", low=..., high=...)`.
 """
 
 from __future__ import annotations
