@@ -342,6 +342,35 @@ def test_first_layer_rules_match_numpy(images, kind):
     assert_close(actual, np.stack(expected))
 
 
+def test_conv_transpose_epsilon_matches_numpy(images):
+    """ConvTranspose (stride 2) → ReLU → Dense; the transposed conv's matrix is read off its
+    Jacobian, the rule is the NumPy formula."""
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.ConvTranspose(2, (3, 3), strides=(2, 2))(x))
+            return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+    model = Net()
+    variables = model.init(jax.random.PRNGKey(20), images)
+    p = numpy_params(variables)["params"]
+    layer = nn.ConvTranspose(2, (3, 3), strides=(2, 2), use_bias=False)
+    kernel = {"params": {"kernel": variables["params"]["ConvTranspose_0"]["kernel"]}}
+    jacobian = jax.jacfwd(lambda v: layer.apply(kernel, v[None])[0])(jnp.zeros(images.shape[1:]))
+    m = np.asarray(jacobian, np.float64).reshape(-1, images[0].size).T
+    b = np.tile(p["ConvTranspose_0"]["bias"], m.shape[1] // 2)
+    expected = []
+    for image, target in zip(images, TARGETS, strict=True):
+        a0 = np.asarray(image, np.float64).ravel()
+        a1 = np.maximum(a0 @ m + b, 0)
+        logits = a1 @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]
+        r = one_hot_relevance(logits[None], [target])[0]
+        r = epsilon_rule(a1, p["Dense_0"]["kernel"], p["Dense_0"]["bias"], r, 1e-3)
+        expected.append(epsilon_rule(a0, m, b, r, 1e-3).reshape(image.shape))
+    assert_close(explain(model, variables, images, TARGETS, epsilon=1e-3), np.stack(expected))
+
+
 # --- BatchNorm canonisation and residual sums ---------------------------------------------------
 
 
