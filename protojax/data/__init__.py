@@ -7,6 +7,7 @@ tensorflow_datasets are imported lazily, only by the functions that need them.
 
 from __future__ import annotations
 
+from protojax import config as config_lib
 from protojax.config import ConfigDict
 from protojax.data.base import ArraySplit, Dataset, Split, stratified_split
 from protojax.errors import UsageError
@@ -70,6 +71,30 @@ def default_config() -> ConfigDict:
     )
 
 
+# The ranges of `config.data` (see `protojax.config.validate`), checked before a run starts.
+CONFIG_RULES = (
+    config_lib.at_least("data.image_size", 0),
+    config_lib.at_least("data.batch_size", 1),
+    config_lib.at_least("data.eval_batch_size", 1),
+    config_lib.one_of("data.normalization", ("none", "symmetric", "imagenet")),
+    config_lib.between("data.val_fraction", 0, 1),
+    config_lib.between("data.test_fraction", 0, 1),
+    config_lib.at_least("data.num_workers", 0),
+    config_lib.at_least("data.augment.crop_padding", 0),
+    config_lib.at_least("data.augment.rotation_degrees", 0, "a number"),
+    config_lib.at_least("data.augment.color_jitter", 0, "a number"),
+    config_lib.at_least("data.shapes.num_train", 1),
+    config_lib.at_least("data.shapes.num_val", 1),
+    config_lib.at_least("data.shapes.num_test", 1),
+    config_lib.Rule(
+        "data.shapes.num_classes", lambda value: 1 <= value <= 6, "an integer from 1 to 6"
+    ),
+    config_lib.at_least("data.shapes.num_distractors", 0),
+    config_lib.at_least("data.quickdraw.train_per_class", 1),
+    config_lib.at_least("data.quickdraw.test_per_class", 1),
+)
+
+
 def load_dataset(config: ConfigDict) -> Dataset:
     """Builds the dataset named by `config.name` (see `SOURCES`)."""
     name = config.name
@@ -97,6 +122,7 @@ def load_dataset(config: ConfigDict) -> Dataset:
 
 
 __all__ = [
+    "CONFIG_RULES",
     "ArraySplit",
     "Dataset",
     "SOURCES",
