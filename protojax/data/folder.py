@@ -188,7 +188,8 @@ def load_folder(config: ConfigDict) -> Dataset:
         `test_fraction` and `split_seed`.
 
     Returns:
-      A `Dataset` of RGB images `[S, S, 3]` with `train`, `val` and `test` splits.
+      A `Dataset` of RGB images `[S, S, 3]` with `train`, `val` and `test` splits (no `val`
+      without a val/ folder when `val_fraction` is 0).
     """
     root = resolve_path(config.name[len("folder:") :], config.data_dir)
     if not root.is_dir():
@@ -207,6 +208,8 @@ def load_folder(config: ConfigDict) -> Dataset:
         split_dir = root / what
         if split_dir.is_dir():
             splits[what] = _scan(split_dir, classes)
+        elif what == "val" and not fraction:
+            continue
         else:
             keep, held = _hold_out(
                 labels, fraction, config.split_seed, what=what, train_dir=train_dir
@@ -248,6 +251,8 @@ def load_folder(config: ConfigDict) -> Dataset:
         class_names=tuple(classes),
         image_shape=(height, width, 3),
         splits={
-            name: FolderSplit(*splits[name], height, width) for name in ("train", "val", "test")
+            name: FolderSplit(*splits[name], height, width)
+            for name in ("train", "val", "test")
+            if name in splits
         },
     )

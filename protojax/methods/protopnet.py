@@ -35,6 +35,8 @@ summary.json gets `test_accuracy_before_push` and `test_accuracy_after_push` of 
 push, `push_history` with both for every push (also logged as `push` events), and, after
 pruning, `pruned_prototypes` and the test accuracies before and after it. Each push writes
 its prototypes' images and an `index.json` under `figures/prototypes/push_NN/`.
+
+Every departure from the official code is listed in docs/fidelity.md.
 """
 
 from __future__ import annotations

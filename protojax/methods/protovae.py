@@ -8,23 +8,26 @@ z and shows every prototype as an image. The loss is
 
     L = w_ce·CE + w_rec·MSE(decoder(z), x) + w_kl·KL-to-class-prototypes + w_orth·orthonormality
 
-with all weights 1. The encoders and decoders are the official ones, layer for layer
-(`protojax.nn.vae`; `model.arch`: mnist and fmnist, quickdraw, svhn, cifar10).
+with all weights 1 (`settings.py` of SrishtiGautam/ProtoVAE). The encoders and decoders are the
+official ones, layer for layer (`protojax.nn.vae`; `model.arch`: mnist and fmnist, quickdraw,
+svhn, cifar10).
 
-The orthonormality term follows the latest official `model.py` (fe2a6a0, 2023-03-14), the M×M
-form ‖P̃_k P̃_kᵀ − I_M‖_F; an earlier revision (0ea9f1b, 2023-01-27) used the d×d form
-P̃_kᵀ P̃_k − I_d. It is logged at weight 0 too, as the official Pantypes code logs it. It is
-the method's diversity term: `ProtoVAE.diversity_terms` is the hook a subclass overrides to
-use another (Pantypes' volume).
+The orthonormality term follows the latest official `model.py` (since 3430af8, 2023-03-14),
+the M×M form ‖P̃_k P̃_kᵀ − I_M‖_F; the code released with the paper (fa1d9e1, 2022-10-11) used
+the d×d form ‖P̃_kᵀ P̃_k − I_d‖_F, which `model.orthonormality=dimensions` selects. It is logged
+at weight 0 too, as the official Pantypes code logs it. It is the method's diversity term:
+`ProtoVAE.diversity_terms` is the hook a subclass overrides to use another (Pantypes' volume).
 
-The official code never samples the latent (`if(~is_train): z = mu` is always true), so z = μ
-here by default, which reproduces the published numbers; `model.sample_latent=True` gives the
-intended reparameterisation z = μ + σ·ε during training.
+The official code never samples the latent (`if(~is_train): z = mu` is always true,
+`model.py:297-299`), so z = μ here by default, which reproduces the published numbers;
+`model.sample_latent=True` gives the intended reparameterisation z = μ + σ·ε during training.
 
 Against the shared layer's choices (see `protojax.prototypes.layer`): the official ProtoVAE
 keeps its last layer as a bare parameter, here `last_layer/kernel` as in ProtoPNet, and keeps
 no `active` flags (every prototype classifies); eliminated prototypes (Pantypes) leave the
 logits, the KL and the diversity terms, and `mask_updates` freezes them.
+
+Every departure from the official code is listed in docs/fidelity.md.
 """
 
 from __future__ import annotations
@@ -45,11 +48,15 @@ from protojax.methods.common import accuracy, class_logit, cross_entropy, masked
 from protojax.nn.vae import DECODERS, ENCODERS, Decoder, Encoder, vae_arch
 from protojax.prototypes import layer
 from protojax.prototypes.distances import l2_distances, log_similarity, squared_l2_distances
-from protojax.prototypes.diversity import orthonormality_loss, prototype_log_volume
+from protojax.prototypes.diversity import (
+    ORTHONORMALITY_FORMS,
+    orthonormality_loss,
+    prototype_log_volume,
+)
 from protojax.train import optim
 from protojax.train.protocol import Method, Phase
 
-# ProtoVAE's relevance seed ε in 1 / ((μ − p)² + ε), from its PRP explanations.
+# ProtoVAE's relevance seed ε in 1 / ((μ − p)² + ε) (the official `prp.py`).
 PRP_EPS = 1e-4
 
 
@@ -212,6 +219,9 @@ def default_model_config() -> ConfigDict:
                 "kl": 1.0,
                 "orthonormality": 1.0,
             },
+            # prototypes: ‖P̃P̃ᵀ − I_M‖ as the latest official model.py; dimensions:
+            # ‖P̃ᵀP̃ − I_d‖ as the code released with the paper (fa1d9e1).
+            "orthonormality": "prototypes",
         }
     )
 
@@ -232,6 +242,11 @@ class ProtoVAE(Method):
         unknown = set(model.loss_weights) - set(self.default_model_config().loss_weights)
         if unknown:
             raise UsageError(f"Unknown model.loss_weights {sorted(unknown)}.")
+        if model.orthonormality not in ORTHONORMALITY_FORMS:
+            raise UsageError(
+                f"Unknown model.orthonormality '{model.orthonormality}'; use one of "
+                f"{', '.join(ORTHONORMALITY_FORMS)}."
+            )
         self.config = config
         self.class_names = tuple(dataset.class_names)
         self.num_classes = dataset.num_classes
@@ -270,7 +285,8 @@ class ProtoVAE(Method):
         """The loss's diversity terms of the class-grouped prototypes `[K, M, d]` (`active
         [K, M]`): ProtoVAE's orthonormality. Every term returned is logged, whatever its
         weight; a subclass with another diversity term overrides this hook."""
-        return {"orthonormality": orthonormality_loss(grouped, active=active)}
+        form = self.config.model.orthonormality
+        return {"orthonormality": orthonormality_loss(grouped, active=active, form=form)}
 
     def loss_terms(self, params, state, batch, rng, phase):
         """(terms, outputs, new_state): every weighted loss term as a scalar, and the

@@ -25,7 +25,12 @@ def _class_masks(labels, prototype_class, active):
 
 
 def _masked_min_mean(min_distances, mask, valid):
-    per_row = jnp.min(jnp.where(mask, min_distances, jnp.inf), axis=1)
+    masked = jnp.where(mask, min_distances, jnp.inf)
+    # argmin and a gather send a row's whole gradient to its first minimum, as the official
+    # torch.max(dim=1) does (train_and_test.py); jnp.min would split it between tied
+    # prototypes (two pushed onto one patch), giving them equal updates.
+    first = jnp.argmin(masked, axis=1)
+    per_row = jnp.take_along_axis(masked, first[:, None], axis=1)[:, 0]
     has = jnp.any(mask, axis=1)
     rows = has if valid is None else has & valid
     return _masked_mean(jnp.where(has, per_row, 0.0), rows)

@@ -2,16 +2,18 @@
 
 Prototypes come as `[K, M, d]`: K classes with M prototypes each, in latent space. An
 optional `active [K, M]` bool mask leaves out prototypes that were eliminated (shapes never
-change mid-run, see DESIGN.md); a class without any active prototype drops out of the
+change mid-run); a class without any active prototype drops out of the
 mean over classes.
 
-- `orthonormality_loss`: ProtoVAE's (METHODS.md §2.6).
-- `inverse_volume_loss` and `prototype_log_volume`: Pantypes' volume term and the
-  diagnostic that run summaries report (§3.1).
+- `orthonormality_loss`: ProtoVAE's, in the official code's two forms.
+- `inverse_volume_loss` and `prototype_log_volume`: Pantypes' volume term
+  (`model.py::volume_loss` of RuneDK93/pantypes, appendix eq. 1) and the diagnostic that
+  run summaries report.
 - `davies_bouldin`, `coverage`, `coverage_sample`, `prototype_usage`: Pantypes'
-  diagnostics (§3.2, §3.4 and its correction).
+  diagnostics (`main.py` and the appendix; see docs/fidelity.md).
 - `prototype_diversity_entropy`: KMEx's normalised entropy of all prototypes `[P, D]`
-  (`evaluation.py::diversity`), a metric (`protojax.metrics` re-exports it).
+  (SrishtiGautam/KMEx, `utils/evaluation.py::diversity`), a metric (`protojax.metrics`
+  re-exports it).
 
 All but two are pure and jit-able; `coverage` and `prototype_usage` run eagerly and return
 NumPy values, because a convex hull and a list of unused prototypes have data-dependent
@@ -60,27 +62,48 @@ def _mean_over_classes(per_class: jax.Array, mask: jax.Array) -> jax.Array:
     return total / jnp.maximum(jnp.sum(present), 1)
 
 
-def orthonormality_loss(p: jax.Array, *, active: jax.Array | None = None) -> jax.Array:
-    """ProtoVAE's orthonormality term: the mean over classes of ‖P̃_k P̃_kᵀ − I‖_F.
+ORTHONORMALITY_FORMS = ("prototypes", "dimensions")
 
-    P̃_k is class k's prototypes minus their mean (class-centred); the norm is the plain,
-    not squared, Frobenius norm. The gradient stays finite when a class has no active
+
+def orthonormality_loss(
+    p: jax.Array, *, active: jax.Array | None = None, form: str = "prototypes"
+) -> jax.Array:
+    """ProtoVAE's orthonormality term: the mean over classes of ‖P̃_k P̃_kᵀ − I_M‖_F.
+
+    P̃_k `[M, d]` is class k's prototypes minus their mean (class-centred); the norm is the
+    plain, not squared, Frobenius norm. The gradient stays finite when a class has no active
     prototype left.
+
+    `form` picks which Gram matrix is pulled to the identity:
+    - `prototypes` (the default): the M×M P̃_k P̃_kᵀ − I_M, as the latest official
+      `model.py::ortho_loss` of SrishtiGautam/ProtoVAE computes it;
+    - `dimensions`: the d×d P̃_kᵀ P̃_k − I_d of the code released with the paper (commit
+      fa1d9e1, October 2022). Its rank is at most M − 1 < d, so its norm never falls below
+      √(d − M + 1) and its gradient is weaker.
 
     Args:
       p: `[K, M, d]` prototypes.
       active: optional `[K, M]` bool; inactive prototypes leave the centring and the Gram
-        matrix (the identity shrinks with them).
+        matrix (the M×M identity shrinks with them).
+      form: `prototypes` or `dimensions`.
 
     Returns:
       `[]` float32.
     """
+    if form not in ORTHONORMALITY_FORMS:
+        raise ValueError(
+            f"Unknown orthonormality form '{form}'; use one of {', '.join(ORTHONORMALITY_FORMS)}."
+        )
     p, mask = _grouped(p, active)
     count = jnp.maximum(jnp.sum(mask, axis=1), 1.0)  # [K]
     mean = jnp.einsum("km,kmd->kd", mask, p, precision=HIGHEST) / count[:, None]
     centred = (p - mean[:, None, :]) * mask[..., None]
-    gram = jnp.einsum("kmd,knd->kmn", centred, centred, precision=HIGHEST)
-    residual = gram - jax.vmap(jnp.diag)(mask)
+    if form == "prototypes":
+        gram = jnp.einsum("kmd,knd->kmn", centred, centred, precision=HIGHEST)
+        residual = gram - jax.vmap(jnp.diag)(mask)
+    else:
+        gram = jnp.einsum("kmd,kme->kde", centred, centred, precision=HIGHEST)
+        residual = gram - jnp.eye(p.shape[2], dtype=gram.dtype)
     return _mean_over_classes(safe_sqrt(jnp.sum(residual**2, axis=(1, 2))), mask)
 
 
@@ -285,8 +308,8 @@ def coverage_sample(
 ) -> jax.Array:
     """Selects the "sample" whose hull `coverage` compares with the class's.
 
-    The rule that generated the Pantypes paper's sample is not public (METHODS.md,
-    corrections). We take, per class, the points whose distance to their nearest prototype
+    The rule that generated the Pantypes paper's sample is not public (docs/fidelity.md).
+    We take, per class, the points whose distance to their nearest prototype
     of their own class, in latent space, is at most the class's median of that distance:
     the half of the class that its prototypes represent best. Diverse prototypes spread
     that half over the class; collapsed ones keep it in one corner.

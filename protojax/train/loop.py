@@ -365,7 +365,9 @@ class _Trainer:
     def run(self) -> dict[str, Any] | None:
         self.started = time.perf_counter()
         per_epoch = pipeline.steps_per_epoch(
-            self.dataset.split("train"), self.config.data.batch_size
+            self.dataset.split("train"),
+            self.config.data.batch_size,
+            drop_last=self.config.data.drop_last,
         )
         state, plan = initial_state(self.method, self.config, self.dataset, self.mesh, per_epoch)
         if self.checkpointer.latest() is None:
@@ -521,6 +523,7 @@ class _Trainer:
             augment=self.config.data.augment,
             num_workers=self.config.data.num_workers,
             mesh=self.mesh,
+            drop_last=self.config.data.drop_last,
         )
         pending_flags, window = None, []
         first = True

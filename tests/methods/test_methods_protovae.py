@@ -13,6 +13,7 @@ import pytest
 from protojax.config import load_config, set_value
 from protojax.data.digits import load_digits
 from protojax.data.specs import describe
+from protojax.errors import UsageError
 from protojax.methods import build_method, protovae
 from protojax.methods.protovae import kl_to_class_prototypes
 from protojax.prototypes import diversity
@@ -206,6 +207,24 @@ def test_total_loss_is_the_weighted_sum_of_the_logged_terms(digits, batch, model
     assert set(new_state) == {"batch_stats", "prototype_state"}
 
 
+def test_orthonormality_form_option(digits, batch, model):
+    """model.orthonormality=dimensions: the d×d form of the paper-time official code."""
+    _, variables, _ = model
+    config = tiny_config(orthonormality=1.0)
+    set_value(config, "model.orthonormality", "dimensions")
+    method = build_method(config, digits)
+    params, state = split(variables)
+    _, (metrics, _) = loss_fn(method, FROZEN_BN)(params, state, batch, jax.random.key(0))
+    expected = []
+    for block in np.asarray(params["prototypes"], np.float64).reshape(10, 3, 6):
+        centred = block - block.mean(0)
+        expected.append(np.linalg.norm(centred.T @ centred - np.eye(6)))
+    np.testing.assert_allclose(metrics["orthonormality"], np.mean(expected), rtol=1e-5)
+    set_value(config, "model.orthonormality", "rows")
+    with pytest.raises(UsageError, match="model.orthonormality"):
+        build_method(config, digits)
+
+
 def test_similarities_are_log_ratios_of_euclidean_distances(batch, model):
     _, variables, forward = model
     out = forward(variables, batch["image"])
@@ -313,6 +332,8 @@ def test_configs_carry_the_official_settings(name):
     cifar = name.endswith("cifar")
     assert (augment.hflip, augment.crop_padding) == ((True, 2) if cifar else (False, 0))
     assert augment.color_jitter == 0.0 and augment.rotation_degrees == 0.0
+    # The official loaders train on the whole training split and keep the last batch.
+    assert (config.data.val_fraction, config.data.drop_last) == (0.0, False)
     method = build_method(config, describe(config.data))
     assert method.net.arch == arch
 

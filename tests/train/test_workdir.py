@@ -48,7 +48,12 @@ def earlier_run(tmp_path):
         ("data.image_size", -3, "an integer ≥ 0"),
         ("data.batch_size", 0, "an integer ≥ 1"),
         ("data.eval_batch_size", -1, "an integer ≥ 1"),
-        ("data.val_fraction", 1.5, "a number strictly between 0 and 1"),
+        (
+            "data.val_fraction",
+            1.5,
+            "a number from 0 (no validation split) up to, not including, 1",
+        ),
+        ("data.test_fraction", 0.0, "a number strictly between 0 and 1"),
         ("data.normalization", "unit", "one of none, symmetric, imagenet"),
         ("train.log_every_steps", 0, "an integer ≥ 1"),
         ("train.keep_checkpoints", 0, "an integer ≥ 1"),
