@@ -272,8 +272,12 @@ def test_usage_from_training_batches_counts_in_train_mode_and_judges(tmp_path, d
     _, (_, new_state) = loss(params, state, rows)
     _, (_, twice) = loss(params, {**new_state, "batch_stats": state["batch_stats"]}, rows)
     # Independently: the train-mode latents' nearest active prototype, valid rows only.
-    outputs, _ = jax.jit(lambda v, x: method.net.apply(v, x, train=True, mutable=["batch_stats"]))(
-        {"params": params, **state}, batch["image"]
+    forward = jax.jit(
+        lambda v, x, on: method.net.apply(v, x, on, train=True, mutable=["batch_stats"])
+    )
+    on = state["prototype_state"]["active"]
+    outputs, _ = forward(
+        {"params": params, "batch_stats": state["batch_stats"]}, batch["image"], on
     )
     mu = np.asarray(outputs.mu, np.float64)
     prototypes = np.asarray(params["prototypes"], np.float64)
