@@ -17,7 +17,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import ndimage
 
 from protojax.metrics.common import check_maps
 
@@ -88,6 +87,8 @@ def _best_iou(candidates: np.ndarray, ground_truth: np.ndarray) -> float:
 
 def _component_boxes(foreground: np.ndarray) -> np.ndarray:
     """`[C, 4]` boxes (exclusive ends) around the 8-connected components of `foreground`."""
+    from scipy import ndimage  # host-only; kept out of the import of protojax.train
+
     labels, _ = ndimage.label(foreground, structure=_EIGHT_CONNECTED)
     slices = ndimage.find_objects(labels)
     return np.array([(s[0].start, s[1].start, s[0].stop, s[1].stop) for s in slices], np.int64)
