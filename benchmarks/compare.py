@@ -135,18 +135,21 @@ def protojax_train_step(config, *, phase: str = ""):
 def alternate(sides: dict[str, Callable[[], object]], *, repeats: int, steps: int) -> dict:
     """Times the sides in turn, `repeats` rounds of `steps` calls each (A B A B …).
 
-    Returns `{"seconds": {side: [per call]}, "load": [1-min load average after each round]}`.
+    Returns `{"seconds": {side: [wall s per call]}, "cpu_seconds": {side: [CPU s of this
+    process per call, all threads]}, "load": [1-min load average after each round]}`.
     """
     seconds = {name: [] for name in sides}
+    cpu_seconds = {name: [] for name in sides}
     load = []
     for _ in range(repeats):
         for name, fn in sides.items():
             for _ in range(steps):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 fn()
                 seconds[name].append(time.perf_counter() - start)
+                cpu_seconds[name].append(time.process_time() - start_cpu)
         load.append(round(os.getloadavg()[0], 2))
-    return {"seconds": seconds, "load": load}
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "load": load}
 
 
 def summarize(seconds: dict[str, list[float]], items: int) -> dict:
@@ -180,7 +183,7 @@ class Context:
     def torch_images(self, batch):
         import torch
 
-        images = torch.from_numpy(np.asarray(batch["image"])).permute(0, 3, 1, 2).contiguous()
+        images = torch.from_numpy(np.array(batch["image"])).permute(0, 3, 1, 2).contiguous()
         images = images.to(self.torch_device)
         if self.gpu and self.bf16:  # AMP's preferred layout
             images = images.contiguous(memory_format=torch.channels_last)
@@ -189,7 +192,7 @@ class Context:
     def torch_labels(self, batch):
         import torch
 
-        return torch.from_numpy(np.asarray(batch["label"])).long().to(self.torch_device)
+        return torch.from_numpy(np.array(batch["label"])).long().to(self.torch_device)
 
     def module(self, model):
         import torch
@@ -294,8 +297,21 @@ def push(ctx):
             torch_refs.push_batch(model, state, images, labels)
         ctx.sync()
 
+    predict = jax.jit(method.predict)
+
+    def eval_rate():  # the push target on GPU: push at least as fast as evaluation
+        jax.block_until_ready(predict(variables, batch["image"]))
+        seconds = alternate(
+            {"eval": lambda: jax.block_until_ready(predict(variables, batch["image"]))},
+            repeats=3,
+            steps=1,
+        )["seconds"]["eval"]
+        return {"protojax_eval_rate": round(batch_size / statistics.median(seconds), 3)}
+
     info = {"batch_size": batch_size, "image_shape": list(dataset.image_shape)}
-    return Pair("push", "images/s", batch_size, jax_side, torch_side, "torch", info)
+    return Pair(
+        "push", "images/s", batch_size, jax_side, torch_side, "torch", info, after=eval_rate
+    )
 
 
 def torch_autocast(ctx):
@@ -566,6 +582,8 @@ def machine() -> dict:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
     }
     if torch.cuda.is_available():
         info["torch_device"] = torch.cuda.get_device_name()
@@ -591,6 +609,10 @@ def measure(pair: Pair, *, repeats: int, warmup: int) -> dict:
         "reference": pair.reference_name,
         **pair.details,
         **summarize(timing["seconds"], pair.items),
+        **{
+            f"{side}_cpu_s_median": round(statistics.median(values), 4)
+            for side, values in timing["cpu_seconds"].items()
+        },
         "protojax_first_call_s": round(first_call, 2),
         "load_1min": timing["load"],
     }

@@ -67,6 +67,8 @@ def test_alternate_interleaves_and_summarize_takes_medians(compare):
     )
     assert "".join(order) == "aabbaabbaabb"
     assert len(timing["load"]) == 3 and all(v >= 0 for v in timing["load"])
+    for times in (timing["seconds"], timing["cpu_seconds"]):
+        assert {k: len(v) for k, v in times.items()} == {"protojax": 6, "reference": 6}
     summary = compare.summarize({"protojax": [1.0, 3.0, 2.0], "reference": [4.0, 8.0, 6.0]}, 10)
     assert summary["protojax_s_median"] == 2.0 and summary["reference_s_median"] == 6.0
     assert summary["protojax_rate"] == 5.0 and summary["reference_rate"] == pytest.approx(1.667)
