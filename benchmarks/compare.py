@@ -621,6 +621,25 @@ def measure(pair: Pair, *, repeats: int, warmup: int) -> dict:
     return line
 
 
+def table(lines: list[dict]) -> str:
+    """Markdown rows for RESULTS.md from compare.py's JSON lines."""
+    rows = [
+        "| measurement | shape | device | precision | protojax | reference | ratio | load |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for line in lines:
+        size = {k: line[k] for k in ("batch_size", "masks", "count", "n", "d", "k") if k in line}
+        shape = ", ".join(f"{k} {v}" for k, v in size.items() if v is not None)
+        unit = line["unit"]
+        rows.append(
+            f"| {line['measurement']} | {shape} | {line['device']} | {line['precision']}"
+            f"{' TF32' if line.get('tf32') else ''} | {line['protojax_rate']:.3g} {unit} | "
+            f"{line['reference_rate']:.3g} {unit} ({line['reference']}) | "
+            f"**{line['ratio']:.2f}×** | {min(line['load_1min'])}–{max(line['load_1min'])} |"
+        )
+    return "\n".join(rows)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(DEFAULT), help="comma-separated names")
@@ -641,7 +660,11 @@ def main(argv=None) -> None:
     parser.add_argument("--kmeans_d", type=int, default=256)
     parser.add_argument("--kmeans_k", type=int, default=50)
     parser.add_argument("--out", default="", help="also append the JSON lines to this file")
+    parser.add_argument("--table", default="", help="print RESULTS.md rows of a .jsonl; exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(table([json.loads(line) for line in open(args.table) if line.strip()]))
+        return
 
     import jax
     import torch
