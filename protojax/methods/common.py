@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import optax
+
+from protojax.metrics.accuracy import accuracy as metrics_accuracy
 
 
 def masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
@@ -20,7 +24,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, valid: jax.Array) -> jax
 
 
 def accuracy(logits: jax.Array, labels: jax.Array, valid: jax.Array) -> jax.Array:
-    return masked_mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32), valid)
+    """The training metric: `protojax.metrics.accuracy` over the valid rows of a batch."""
+    return metrics_accuracy(logits, labels, valid=valid).aggregate
 
 
 def class_logit(apply_logits, variables, images: jax.Array, targets: jax.Array) -> jax.Array:
@@ -50,9 +55,15 @@ def load_backbone(variables, source: str, *, arch: str, allow_random_init: bool 
 
     path = pathlib.Path(source)
     if (path / "config.json").is_file():
-        from protojax.train.workdir import load_workdir
+        from protojax import config as config_lib
+        from protojax.methods import build_method
+        from protojax.train import workdir as wd
+        from protojax.train.loop import restore_variables
 
-        _, donor, _ = load_workdir(path)
+        donor_config = config_lib.from_dict(json.loads((path / wd.CONFIG).read_text()))
+        dataset = wd.read_dataset_info(path)
+        method = build_method(donor_config, dataset)
+        donor = restore_variables(method, donor_config, dataset, path)
         out = dict(variables)
         for collection, tree in variables.items():
             if not isinstance(tree, dict) or "backbone" not in tree:

@@ -3,7 +3,10 @@
 from protojax.train.context import RunContext
 from protojax.train.loop import (
     TrainState,
+    TrainStep,
+    build_train_step,
     default_config,
+    initial_state,
     make_data_mesh,
     run,
 )
@@ -16,10 +19,13 @@ __all__ = [
     "Phase",
     "RunContext",
     "TrainState",
+    "TrainStep",
     "adam",
+    "build_train_step",
     "constant",
     "cosine",
     "default_config",
+    "initial_state",
     "make_data_mesh",
     "run",
     "sgd",
