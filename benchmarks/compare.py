@@ -92,15 +92,15 @@ def protojax_train_step(config, *, phase: str = ""):
     at `config.data.batch_size` on a synthetic batch: `step(state) -> (state, metrics)` runs
     one compiled, donated train step as the engine does.
 
-    Built as `experiments/benchmark.py` builds its step, from the engine's
-    `initial_state` and `make_train_step`.
+    Built with the engine's public `protojax.train.build_train_step`, as
+    `experiments/benchmark.py` builds its step.
     """
     import jax
 
     from protojax.data import pipeline
     from protojax.data.specs import describe
     from protojax.methods import build_method
-    from protojax.train.loop import initial_state, make_data_mesh, make_train_step
+    from protojax.train import build_train_step, initial_state, make_data_mesh
 
     dataset = describe(config.data)
     method = build_method(config, dataset)
@@ -109,21 +109,10 @@ def protojax_train_step(config, *, phase: str = ""):
     phases = [p for p in plan.phases if p.epochs > 0 and (not phase or p.name == phase)]
     if not phases:
         raise ValueError(f"No phase named {phase!r} trains in {config.method}.")
-    chosen = phases[0]
-    optimizer = plan.optimizers[chosen.optimizer]
-    raw = make_train_step(
-        method, chosen, optimizer, jax.random.key(0), config.train.grad_accum_steps
-    )
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     batch = pipeline.to_global(
         synthetic_batch(dataset.image_shape, dataset.num_classes, config.data.batch_size), mesh
     )
-    with jax.threefry_partitionable(True):  # as the engine compiles its steps
-        compiled = (
-            jax.jit(raw, donate_argnums=(0,), out_shardings=(replicated,) * 3)
-            .lower(state, batch)
-            .compile()
-        )
+    compiled = build_train_step(method, phases[0], plan, mesh, config).compile(state, batch)
 
     def step(state):
         new_state, metrics, _ = compiled(state, batch)
