@@ -181,15 +181,42 @@ def _fail(message: str, code: int, *, label: str = "error: ") -> None:
     raise SystemExit(code) from None
 
 
+def enable_compilation_cache() -> str | None:
+    """Points JAX's persistent compilation cache at a user cache folder, so that a second
+    launch reuses the compiled steps; returns the folder, or None where it is switched off.
+
+    The folder: `$JAX_COMPILATION_CACHE_DIR` if set, else `$XDG_CACHE_HOME/protojax/jax`, else
+    `~/.cache/protojax/jax`. `PROTOJAX_COMPILATION_CACHE=0` switches it off. A folder that
+    cannot be created leaves the cache off with a warning: it only saves time.
+    """
+    if os.environ.get("PROTOJAX_COMPILATION_CACHE", "1").lower() in ("0", "false", "off", "no"):
+        return None
+    folder = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "protojax", "jax"
+    )
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        logging.warning("Compilation cache off: cannot create %s (%s).", folder, error)
+        return None
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", folder)
+    # JAX's default (1 s) leaves out the many small programs of a run (eval, push, metrics).
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    return folder
+
+
 def run_launcher(main: Callable[[list[str]], None]) -> None:
-    """Runs `main(argv)` under the error contract; `--help` (or -h) prints the launcher's
-    docstring and flags instead, with exit code 0."""
+    """Runs `main(argv)` under the error contract, with the persistent compilation cache;
+    `--help` (or -h) prints the launcher's docstring and flags instead, with exit code 0."""
     argv = sys.argv[1:]
     if set(HELP_FLAGS) & set(argv):
         print_help()
         raise SystemExit(0)
     setup_logging()
     drop_failed_read_leftovers()
+    enable_compilation_cache()
     with error_contract():
         main(argv)
 
