@@ -30,7 +30,7 @@ def default_config() -> ConfigDict:
             # The global batch: it never depends on the device count.
             "batch_size": 64,
             "eval_batch_size": 256,
-            # none: [0, 1]; symmetric: [-1, 1]; imagenet: (x - mean) / std per channel.
+            # none: [0, 1]; symmetric: [-1, 1]; imagenet, cifar10: (x - mean) / std per channel.
             "normalization": "none",
             # TFDS slicing syntax. An empty val_split takes a stratified val_fraction of train.
             "train_split": "train",

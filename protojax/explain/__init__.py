@@ -1,4 +1,5 @@
-"""Post-hoc explainers: gradients, Grad-CAM, occlusion, RISE and RELAX.
+"""Post-hoc explainers: gradients, Grad-CAM, occlusion, RISE and RELAX; and explanations
+through attributes (FLINT: local relevance, activation maximisation).
 
 Every explainer takes callables and arrays and is jit-compiled with its callables passed as
 pytrees: give a `jax.tree_util.Partial(apply, params)` so that new parameters reuse the
@@ -6,6 +7,7 @@ compiled code. Gradient explainers return `[B, H, W, C]`; mask-based ones return
 `reduce_channels` turns the first into the second.
 """
 
+from protojax.explain.attributes import local_relevance, maximize_attribute, top_activating
 from protojax.explain.common import reduce_channels
 from protojax.explain.gradcam import gradcam
 from protojax.explain.gradients import integrated_gradients, saliency, smoothgrad
@@ -16,6 +18,8 @@ from protojax.explain.rise import rise, rise_masks
 __all__ = [
     "RelaxResult",
     "gradcam",
+    "local_relevance",
+    "maximize_attribute",
     "integrated_gradients",
     "occlusion",
     "reduce_channels",
@@ -25,5 +29,6 @@ __all__ = [
     "rise_masks",
     "saliency",
     "smoothgrad",
+    "top_activating",
     "u_relax",
 ]
