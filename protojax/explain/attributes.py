@@ -202,22 +202,25 @@ def _show(ax, image: np.ndarray) -> None:
 
 
 def relevance_figure(relevance, *, class_names: Sequence[str], threshold: float = 0.1):
-    """Heat map of the global relevance `[K, J]` of every attribute to every class; the
-    class–attribute pairs above `threshold` are annotated with their value."""
+    """Heat map of the global relevance `[K, J]` of every attribute to every class, clipped to
+    [−1, 1]; the class–attribute pairs above `threshold` are annotated with their value, and
+    classes the interpreter never predicts (NaN rows) are grey."""
     plt = _pyplot()
     relevance = np.asarray(relevance, np.float32)
     k, j = relevance.shape
-    fig, ax = plt.subplots(figsize=(0.42 * j + 2.2, 0.42 * k + 1.4))
-    shown = np.nan_to_num(relevance, nan=0.0)
-    image = ax.imshow(shown, cmap="viridis", vmin=min(0.0, shown.min()), vmax=1.0)
+    fig, ax = plt.subplots(figsize=(0.36 * j + 2.4, 0.36 * k + 1.3))
+    cmap = plt.get_cmap("RdBu_r").copy()
+    cmap.set_bad("0.8")
+    image = ax.imshow(np.ma.masked_invalid(np.clip(relevance, -1, 1)), cmap=cmap, vmin=-1, vmax=1)
     for (row, col), value in np.ndenumerate(relevance):
         if value > threshold:
-            colour = "black" if value > 0.6 else "white"
+            colour = "white" if value > 0.6 else "black"
             ax.text(col, row, f"{value:.1f}", ha="center", va="center", fontsize=7, color=colour)
     ax.set_xticks(range(j), [f"φ{i}" for i in range(j)], fontsize=7, rotation=90)
     ax.set_yticks(range(k), list(class_names)[:k], fontsize=8)
     ax.set_xlabel("attribute")
-    ax.set_title(f"Global relevance of each attribute to each class (values > {threshold} shown)")
+    ax.set_ylabel("interpreter's class")
+    ax.set_title(f"Global relevance r(class, attribute); values > {threshold} printed", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02)
     fig.tight_layout()
     return fig
@@ -231,7 +234,8 @@ def attribute_figure(
     Args:
       samples: `[K, A, H, W, C]` in [0, 1], for each class its A most relevant attributes'
         top-activating training image.
-      visualisations: `[K, A, H, W, C]` in [0, 1], the activation-maximised images.
+      visualisations: `[K, A, H, W, C]` in [0, 1], the activation-maximised images (FLINT
+        shows each on its own min–max range).
       attribute_ids: `[K, A]` int, the attribute of each slot (−1: an empty slot).
       relevances: `[K, A]` global relevance of each slot's attribute to its class.
       class_names: the K class names.
@@ -249,6 +253,15 @@ def attribute_figure(
             if attribute_ids[row, slot] < 0:
                 left.axis("off")
                 right.axis("off")
+                if slot == 0:
+                    left.text(
+                        0,
+                        0.5,
+                        "no attribute above the threshold",
+                        fontsize=7,
+                        va="center",
+                        transform=left.transAxes,
+                    )
                 continue
             _show(left, samples[row, slot])
             _show(right, visualisations[row, slot])
@@ -258,6 +271,15 @@ def attribute_figure(
                 loc="left",
             )
         axes[row, 0].set_ylabel(str(class_names[row]), rotation=0, ha="right", va="center")
+        if attribute_ids[row, 0] < 0:
+            axes[row, 0].text(
+                -0.1,
+                0.5,
+                str(class_names[row]),
+                ha="right",
+                va="center",
+                transform=axes[row, 0].transAxes,
+            )
     fig.suptitle(
         "Most relevant attributes of each class: top-activating training image | its "
         "activation maximisation",

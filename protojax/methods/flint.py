@@ -380,6 +380,7 @@ class FLINT(Method):
     def figures(self, variables, ctx):
         """The global relevance of the attributes to the classes, each class's most relevant
         attributes with their visualisations, and local explanations of test images."""
+        from protojax.data.pipeline import denormalize
         from protojax.explain import attributes as explain
         from protojax.metrics.interpretation import global_relevance
 
@@ -435,7 +436,11 @@ class FLINT(Method):
                 lr=v.lr,
             )
             samples[slots[:, 0], slots[:, 1]] = self._display(images)
-            pictures[slots[:, 0], slots[:, 1]] = self._display(np.asarray(visual))
+            # Each visualisation on its own min–max range, as the official imshow shows it.
+            shown_visual = denormalize(np.asarray(visual, np.float32), self.normalization)
+            low = shown_visual.min(axis=(1, 2, 3), keepdims=True)
+            high = shown_visual.max(axis=(1, 2, 3), keepdims=True)
+            pictures[slots[:, 0], slots[:, 1]] = (shown_visual - low) / np.maximum(high - low, 1e-8)
         scores = np.where(ids >= 0, np.take_along_axis(table[:shown], np.maximum(ids, 0), 1), 0)
         paths.append(
             ctx.save_figure(
