@@ -209,8 +209,7 @@ def relevance_figure(relevance, *, class_names: Sequence[str], threshold: float 
     relevance = np.asarray(relevance, np.float32)
     k, j = relevance.shape
     fig, ax = plt.subplots(figsize=(0.36 * j + 2.4, 0.36 * k + 1.3))
-    cmap = plt.get_cmap("RdBu_r").copy()
-    cmap.set_bad("0.8")
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.8")
     image = ax.imshow(np.ma.masked_invalid(np.clip(relevance, -1, 1)), cmap=cmap, vmin=-1, vmax=1)
     for (row, col), value in np.ndenumerate(relevance):
         if value > threshold:

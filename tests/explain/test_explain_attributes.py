@@ -129,4 +129,6 @@ def test_the_figures_show_every_class_and_attribute():
         images[0], np.array([[1.0, 0.2, 0.5], [0.1, 1.0, 0.0]]), [0, 1], class_names=["a", "b"]
     )
     fig.canvas.draw()
-    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["φ0", "φ2", "φ1"]
+    bars = fig.axes[2]  # row 2, column 1 of the 2 × 2 grid
+    assert [t.get_text() for t in bars.get_xticklabels()] == ["φ0", "φ2", "φ1"]
+    assert [round(p.get_height(), 2) for p in bars.patches] == [1.0, 0.5, 0.2]

@@ -302,7 +302,10 @@ def _check_run(summary, workdir):
     assert all((workdir / p).stat().st_size > 0 for p in summary["figures"])
 
 
-@pytest.mark.parametrize("name", ["flint_mnist", "flint_fmnist", "flint_cifar"])
+# The BN-free ResNet-18 configs compile for about 35 s each: in the slow suite (-m slow).
+@pytest.mark.parametrize(
+    "name", ["flint_mnist", "flint_fmnist", pytest.param("flint_cifar", marks=pytest.mark.slow)]
+)
 def test_the_official_tfds_configs_run_under_mock_data(name, tmp_path):
     import tensorflow_datasets as tfds
 
@@ -317,6 +320,7 @@ def test_the_official_tfds_configs_run_under_mock_data(name, tmp_path):
     _check_run(summary, tmp_path)
 
 
+@pytest.mark.slow
 def test_the_official_quickdraw_config_runs_on_small_files(tmp_path):
     from protojax.data.quickdraw import CATEGORIES
     from protojax.runs import train as train_run
