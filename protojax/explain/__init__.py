@@ -1,5 +1,5 @@
-"""Post-hoc explainers: gradients, Grad-CAM, occlusion, RISE and RELAX; and explanations
-through attributes (FLINT: local relevance, activation maximisation).
+"""Post-hoc explainers: gradients, Grad-CAM, occlusion, RISE, RELAX, LRP and PRP; and
+explanations through attributes (FLINT: local relevance, activation maximisation).
 
 Every explainer takes callables and arrays and is jit-compiled with its callables passed as
 pytrees: give a `jax.tree_util.Partial(apply, params)` so that new parameters reuse the
@@ -11,17 +11,27 @@ from protojax.explain.attributes import local_relevance, maximize_attribute, top
 from protojax.explain.common import reduce_channels
 from protojax.explain.gradcam import gradcam
 from protojax.explain.gradients import integrated_gradients, saliency, smoothgrad
+from protojax.explain.lrp import Composite, Rule, composite_by_name, lrp
 from protojax.explain.occlusion import occlusion
+from protojax.explain.prp import kmex_relevance, protopnet_relevance, protovae_relevance, prp
 from protojax.explain.relax import RelaxResult, relax, relax_masks, u_relax
 from protojax.explain.rise import rise, rise_masks
 
 __all__ = [
+    "Composite",
     "RelaxResult",
+    "Rule",
+    "composite_by_name",
     "gradcam",
-    "local_relevance",
-    "maximize_attribute",
     "integrated_gradients",
+    "kmex_relevance",
+    "local_relevance",
+    "lrp",
+    "maximize_attribute",
     "occlusion",
+    "protopnet_relevance",
+    "protovae_relevance",
+    "prp",
     "reduce_channels",
     "relax",
     "relax_masks",

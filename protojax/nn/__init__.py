@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from protojax.errors import UsageError
 from protojax.nn.resnet import RESNET_ARCHS, STEMS, ResNet, build_resnet, resnet_channels
 from protojax.nn.small import SmallCNN
+from protojax.nn.vae import ConvTranspose2d, Decoder, Encoder  # ProtoVAE's, by arch
 
 
 class _Backbone(NamedTuple):
@@ -85,6 +86,9 @@ def feature_channels(name: str) -> int:
 
 
 __all__ = [
+    "ConvTranspose2d",
+    "Decoder",
+    "Encoder",
     "ResNet",
     "SmallCNN",
     "backbone_by_name",
