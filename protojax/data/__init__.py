@@ -84,7 +84,7 @@ CONFIG_RULES = (
     config_lib.at_least("data.image_size", 0),
     config_lib.at_least("data.batch_size", 1),
     config_lib.at_least("data.eval_batch_size", 1),
-    config_lib.one_of("data.normalization", ("none", "symmetric", "imagenet")),
+    config_lib.one_of("data.normalization", ("none", "symmetric", "imagenet", "cifar10")),
     config_lib.Rule(
         "data.val_fraction",
         lambda value: 0 <= value < 1,
