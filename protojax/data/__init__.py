@@ -34,7 +34,7 @@ def default_config() -> ConfigDict:
             # batch with rows whose `valid` is false (as the official ProtoVAE code keeps it).
             "drop_last": True,
             "eval_batch_size": 256,
-            # none: [0, 1]; symmetric: [-1, 1]; imagenet: (x - mean) / std per channel.
+            # none: [0, 1]; symmetric: [-1, 1]; imagenet, cifar10: (x - mean) / std per channel.
             "normalization": "none",
             # TFDS slicing syntax. An empty val_split takes a stratified val_fraction of train.
             "train_split": "train",
@@ -84,7 +84,7 @@ CONFIG_RULES = (
     config_lib.at_least("data.image_size", 0),
     config_lib.at_least("data.batch_size", 1),
     config_lib.at_least("data.eval_batch_size", 1),
-    config_lib.one_of("data.normalization", ("none", "symmetric", "imagenet")),
+    config_lib.one_of("data.normalization", ("none", "symmetric", "imagenet", "cifar10")),
     config_lib.Rule(
         "data.val_fraction",
         lambda value: 0 <= value < 1,

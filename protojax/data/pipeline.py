@@ -27,6 +27,8 @@ from protojax.errors import DataError, UsageError
 _STATS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "symmetric": ((0.5,), (0.5,)),
+    # FLINT's CIFAR-10 statistics (jayneelparekh/FLINT flint.py).
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)),
 }
 
 
@@ -35,7 +37,9 @@ def normalize(images: np.ndarray, mode: str) -> np.ndarray:
     if mode == "none":
         return images
     if mode not in _STATS:
-        raise UsageError(f"Unknown data.normalization '{mode}'; use none, symmetric or imagenet.")
+        raise UsageError(
+            f"Unknown data.normalization '{mode}'; use none, symmetric, imagenet or cifar10."
+        )
     mean, std = (np.asarray(v, np.float32) for v in _STATS[mode])
     return (images - mean) / std
 

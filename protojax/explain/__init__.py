@@ -1,4 +1,5 @@
-"""Post-hoc explainers: gradients, Grad-CAM, occlusion, RISE, RELAX, LRP and PRP.
+"""Post-hoc explainers: gradients, Grad-CAM, occlusion, RISE, RELAX, LRP and PRP; and
+explanations through attributes (FLINT: local relevance, activation maximisation).
 
 Every explainer takes callables and arrays and is jit-compiled with its callables passed as
 pytrees: give a `jax.tree_util.Partial(apply, params)` so that new parameters reuse the
@@ -6,6 +7,7 @@ compiled code. Gradient explainers return `[B, H, W, C]`; mask-based ones return
 `reduce_channels` turns the first into the second.
 """
 
+from protojax.explain.attributes import local_relevance, maximize_attribute, top_activating
 from protojax.explain.common import reduce_channels
 from protojax.explain.gradcam import gradcam
 from protojax.explain.gradients import integrated_gradients, saliency, smoothgrad
@@ -23,7 +25,9 @@ __all__ = [
     "gradcam",
     "integrated_gradients",
     "kmex_relevance",
+    "local_relevance",
     "lrp",
+    "maximize_attribute",
     "occlusion",
     "protopnet_relevance",
     "protovae_relevance",
@@ -35,5 +39,6 @@ __all__ = [
     "rise_masks",
     "saliency",
     "smoothgrad",
+    "top_activating",
     "u_relax",
 ]

@@ -1,4 +1,5 @@
-"""Metrics for SEMs and explainers: accuracy, localisation, faithfulness, robustness, diversity.
+"""Metrics for SEMs and explainers: accuracy, localisation, faithfulness, robustness, diversity,
+and an interpreter's fidelity and conciseness (FLINT).
 
 Every metric returns `MetricResult(per_example, aggregate)`, or a NamedTuple that begins with
 those two fields (`CurveResult` of the deletion and insertion curves, which adds the curves).
@@ -16,6 +17,14 @@ from protojax.metrics.faithfulness import (
     insertion_curve,
     perturbation_curve,
 )
+from protojax.metrics.interpretation import (
+    CONCISENESS_THRESHOLDS,
+    GlobalRelevance,
+    conciseness,
+    fidelity,
+    fidelity_top_k,
+    global_relevance,
+)
 from protojax.metrics.localisation import (
     pointing_game,
     relevance_mass_accuracy,
@@ -25,11 +34,17 @@ from protojax.metrics.robustness import max_sensitivity
 from protojax.prototypes.diversity import prototype_diversity_entropy
 
 __all__ = [
+    "CONCISENESS_THRESHOLDS",
     "CurveResult",
+    "GlobalRelevance",
     "MaxBoxAccuracy",
     "MetricResult",
     "accuracy",
+    "conciseness",
     "deletion_curve",
+    "fidelity",
+    "fidelity_top_k",
+    "global_relevance",
     "insertion_curve",
     "max_box_accuracy",
     "max_sensitivity",

@@ -54,7 +54,7 @@ def earlier_run(tmp_path):
             "a number from 0 (no validation split) up to, not including, 1",
         ),
         ("data.test_fraction", 0.0, "a number strictly between 0 and 1"),
-        ("data.normalization", "unit", "one of none, symmetric, imagenet"),
+        ("data.normalization", "unit", "one of none, symmetric, imagenet, cifar10"),
         ("train.log_every_steps", 0, "an integer ≥ 1"),
         ("train.keep_checkpoints", 0, "an integer ≥ 1"),
         ("train.grad_accum_steps", 0, "an integer ≥ 1"),
