@@ -50,15 +50,10 @@ from protojax.config import ConfigDict
 from protojax.data.base import Dataset
 from protojax.errors import UsageError
 from protojax.imaging import crop, draw_box, overlay_heatmap, save_png, to_rgb
-from protojax.methods.common import (
-    accuracy,
-    class_logit,
-    cross_entropy,
-    load_backbone,
-    masked_mean,
-)
+from protojax.methods.common import accuracy, class_logit, cross_entropy, masked_mean
 from protojax.nn import backbone_by_name, feature_channels
 from protojax.nn.receptive_field import receptive_field_boxes
+from protojax.nn.weights import load_backbone
 from protojax.prototypes import log_similarity, min_over_patches, squared_l2_distances
 from protojax.prototypes.projection import (
     NearestState,
