@@ -71,7 +71,7 @@ def benchmark(config, *, steps: int, warmup: int, phase_name: str = "") -> dict:
     from protojax.data import pipeline
     from protojax.data.specs import describe
     from protojax.methods import build_method
-    from protojax.train.loop import initial_state, make_data_mesh, make_train_step
+    from protojax.train import build_train_step, initial_state, make_data_mesh
 
     dataset = describe(config.data)
     method = build_method(config, dataset)
@@ -87,23 +87,11 @@ def benchmark(config, *, steps: int, warmup: int, phase_name: str = "") -> dict:
             names = sorted({p.name for p in plan.phases})
             raise UsageError(f"No phase named '{phase_name}'; phases are {', '.join(names)}.")
     phase = plan.phases[trainable[0]]
-    step = make_train_step(
-        method,
-        phase,
-        plan.optimizers[phase.optimizer],
-        jax.random.key(0),
-        config.train.grad_accum_steps,
-    )
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    step = build_train_step(method, phase, plan, mesh, config)
     batch = pipeline.to_global(synthetic_batch(dataset, batch_size), mesh)
 
     start = time.perf_counter()
-    with jax.threefry_partitionable(True):  # as the engine compiles its steps
-        compiled = (
-            jax.jit(step, donate_argnums=(0,), out_shardings=(replicated,) * 3)
-            .lower(state, batch)
-            .compile()
-        )
+    compiled = step.compile(state, batch)
     compile_seconds = time.perf_counter() - start
     holder = {"state": state}
 
@@ -178,10 +166,17 @@ def pipeline_throughput(config, *, steps: int) -> dict:
 
 def main(argv: list[str]) -> None:
     config, name = cli.load_config(*cli.parse_flags(argv))
+    if FLAGS.steps < 1 or FLAGS.warmup < 0 or FLAGS.batch_size < 0:
+        raise UsageError(
+            "--steps must be ≥ 1, --warmup ≥ 0 and --batch_size ≥ 0 (0: the config's)."
+        )
     if FLAGS.batch_size:
         from protojax.config import set_value
 
         set_value(config, "data.batch_size", FLAGS.batch_size)
+    from protojax.train.loop import validate_config
+
+    validate_config(config)
     if FLAGS.pipeline:
         result = pipeline_throughput(config, steps=FLAGS.steps)
     else:

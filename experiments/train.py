@@ -58,10 +58,10 @@ def main(argv: list[str]) -> None:
         )
     config, name = cli.load_config(config_name, overrides)
     profile = _profile_steps(FLAGS.profile_steps)
-    from protojax.train import run
+    from protojax.runs import train
 
     workdir = FLAGS.workdir or os.path.join("workdirs", name)
-    summary = run(None, config, workdir, profile_steps=profile)
+    summary = train(config, workdir, profile_steps=profile)
     if summary is None:
         print(f"Stopped early; rerun the same command to resume from {workdir}.")
     else:

@@ -18,6 +18,7 @@ _SUBPACKAGES = (
     "metrics",
     "nn",
     "prototypes",
+    "runs",
     "train",
 )
 
@@ -27,7 +28,7 @@ def load_workdir(workdir: str) -> tuple[Any, Any, Any]:
 
     The variables are those of the newest checkpoint, on the default device.
     """
-    from protojax.train.workdir import load_workdir as _load
+    from protojax.runs import load_workdir as _load
 
     return _load(workdir)
 

@@ -7,13 +7,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from protojax.config import ConfigDict
+from protojax.config import ConfigDict, compute_dtype
 from protojax.data.base import Dataset
 from protojax.methods.common import accuracy, class_logit, cross_entropy
 from protojax.nn import backbone_by_name
 from protojax.nn.weights import load_backbone
 from protojax.train import optim
-from protojax.train.loop import compute_dtype
 from protojax.train.protocol import Method, Phase
 
 

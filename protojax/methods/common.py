@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from protojax.metrics.accuracy import accuracy as metrics_accuracy
+
 
 def masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
     """Mean of `values [B]` over the rows where `valid [B]` is true (0 if none are)."""
@@ -20,7 +22,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, valid: jax.Array) -> jax
 
 
 def accuracy(logits: jax.Array, labels: jax.Array, valid: jax.Array) -> jax.Array:
-    return masked_mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32), valid)
+    """The training metric: `protojax.metrics.accuracy` over the valid rows of a batch."""
+    return metrics_accuracy(logits, labels, valid=valid).aggregate
 
 
 def class_logit(apply_logits, variables, images: jax.Array, targets: jax.Array) -> jax.Array:

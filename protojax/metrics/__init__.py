@@ -10,7 +10,6 @@ called under `jax.jit`.
 from protojax.metrics.accuracy import accuracy
 from protojax.metrics.box_accuracy import MaxBoxAccuracy, max_box_accuracy
 from protojax.metrics.common import MetricResult
-from protojax.metrics.diversity import prototype_diversity_entropy
 from protojax.metrics.faithfulness import (
     CurveResult,
     deletion_curve,
@@ -23,6 +22,7 @@ from protojax.metrics.localisation import (
     relevance_rank_accuracy,
 )
 from protojax.metrics.robustness import max_sensitivity
+from protojax.prototypes.diversity import prototype_diversity_entropy
 
 __all__ = [
     "CurveResult",

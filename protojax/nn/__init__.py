@@ -32,6 +32,7 @@ from protojax.nn.convnext import CONVNEXT_ARCHS, ConvNeXt, build_convnext
 from protojax.nn.densenet import DENSENET_ARCHS, DenseNet, build_densenet, densenet_channels
 from protojax.nn.resnet import RESNET_ARCHS, STEMS, ResNet, build_resnet, resnet_channels
 from protojax.nn.small import SmallCNN
+from protojax.nn.vae import ConvTranspose2d, Decoder, Encoder  # ProtoVAE's, by arch
 from protojax.nn.vgg import VGG, VGG_ARCHS, build_vgg
 from protojax.nn.vit import VIT_ARCHS, VisionTransformer, build_vit
 
@@ -163,6 +164,9 @@ __all__ = [
     "ConvNeXt",
     "DenseNet",
     "Normalization",
+    "ConvTranspose2d",
+    "Decoder",
+    "Encoder",
     "ResNet",
     "SmallCNN",
     "VisionTransformer",

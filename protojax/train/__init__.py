@@ -3,8 +3,10 @@
 from protojax.train.context import RunContext
 from protojax.train.loop import (
     TrainState,
-    compute_dtype,
+    TrainStep,
+    build_train_step,
     default_config,
+    initial_state,
     make_data_mesh,
     run,
 )
@@ -17,11 +19,13 @@ __all__ = [
     "Phase",
     "RunContext",
     "TrainState",
+    "TrainStep",
     "adam",
-    "compute_dtype",
+    "build_train_step",
     "constant",
     "cosine",
     "default_config",
+    "initial_state",
     "make_data_mesh",
     "run",
     "sgd",

@@ -8,10 +8,7 @@ with non-finite parameters, and nothing is ever deleted on a failed restore.
 
 from __future__ import annotations
 
-import logging
-import os
 import pathlib
-import sys
 from typing import Any
 
 import jax
@@ -63,7 +60,6 @@ class Checkpointer:
         """Restores checkpoint `index` (default: the newest) into the abstract state's shapes."""
         index = self.latest() if index is None else index
         path = self.directory / str(index)
-        _drop_failed_read_leftovers()
         try:
             restored = self.manager.restore(
                 index,
@@ -90,58 +86,6 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
-
-
-_ORBAX_DIR = f"{os.sep}orbax{os.sep}"
-
-
-def _drop_failed_read_leftovers() -> None:
-    """Silences, for the rest of the process, the leftovers of a failed checkpoint read.
-
-    When a read of a damaged checkpoint fails, Orbax stops awaiting its other reads and closes
-    its event loop while TensorStore still has some in flight. What is left reports itself at
-    any later time, before or after the error sentence: RuntimeError('Event loop is closed')
-    from the reads' callbacks and the errors of Orbax read coroutines nobody awaits, as
-    unraisable exceptions (seen on Python 3.12), and the same read errors in asyncio's "exception
-    was never retrieved" log when their tasks are collected (seen on 3.11). Only these are
-    dropped; anything else goes on as before."""
-    previous = sys.unraisablehook
-    if getattr(previous, "drops_failed_read_leftovers", False):
-        return
-
-    def hook(unraisable) -> None:
-        error, source = unraisable.exc_value, unraisable.object
-        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
-            return
-        code = getattr(source, "cr_code", None)
-        if code is not None and _ORBAX_DIR in code.co_filename:
-            return
-        previous(unraisable)
-
-    hook.drops_failed_read_leftovers = True
-    sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(_drop_unretrieved_orbax_errors)
-
-
-def _drop_unretrieved_orbax_errors(record: logging.LogRecord) -> bool:
-    error = record.exc_info[1] if record.exc_info else None
-    unretrieved = "exception was never retrieved" in str(record.msg)
-    return not (unretrieved and error is not None and _raised_in_orbax(error))
-
-
-def _raised_in_orbax(error: BaseException) -> bool:
-    """Whether any frame of `error`'s traceback, or of the errors it was raised from, is
-    Orbax code."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        frame = error.__traceback__
-        while frame is not None:
-            if _ORBAX_DIR in frame.tb_frame.f_code.co_filename:
-                return True
-            frame = frame.tb_next
-        error = error.__cause__ or error.__context__
-    return False
 
 
 def _first_sentence(error: Exception) -> str:

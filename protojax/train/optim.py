@@ -105,13 +105,30 @@ def sgd(lr: float, **kwargs) -> Optimizer:
 
 
 def param_labels(params, phase: Phase) -> dict:
-    """Labels each parameter with the index of its first matching regex, or FROZEN."""
+    """Labels each parameter with the index of its first matching `trainable` regex, or
+    FROZEN where a `frozen` regex matches it.
+
+    Raises:
+      UsageError: a parameter matches neither, or the phase trains nothing.
+    """
     patterns = [re.compile(regex) for regex, _ in phase.trainable]
+    frozen = [re.compile(regex) for regex in phase.frozen]
     flat = traverse_util.flatten_dict(params, sep="/")
-    labels = {}
+    labels, unmatched = {}, []
     for path in flat:
         match = next((i for i, p in enumerate(patterns) if p.fullmatch(path)), None)
+        if match is None and not any(p.fullmatch(path) for p in frozen):
+            unmatched.append(path)
         labels[path] = FROZEN if match is None else str(match)
+    if unmatched:
+        shown = ", ".join(unmatched[:6]) + (
+            f" and {len(unmatched) - 6} more" if len(unmatched) > 6 else ""
+        )
+        raise UsageError(
+            f"Phase '{phase.name}' neither trains nor freezes {shown}; add a `trainable` regex "
+            f"that matches them, or name them in the phase's `frozen` regexes "
+            f"(trainable: {[r for r, _ in phase.trainable]}, frozen: {list(phase.frozen)})."
+        )
     if all(label == FROZEN for label in labels.values()) and phase.trainable:
         raise UsageError(
             f"Phase '{phase.name}' trains nothing: no parameter path matches "

@@ -1,7 +1,7 @@
 """The protocol between the training engine and a method.
 
 A method is an object with `init`, `loss`, `predict`, `embed`, `phases` and `targets`
-(DESIGN.md, "The method protocol"). The engine knows nothing else about it. Training is a
+(`Method` below). The engine knows nothing else about it. Training is a
 list of `Phase`s run in order; each names its optimizer (whose state persists across
 revisits), which parameters it trains, whether BatchNorm statistics update, and an optional
 operation run after it (push, k-means, a last-layer fit, ...).
@@ -11,21 +11,58 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+import pathlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
 
 import jax
+import numpy as np
 import optax
-
-if TYPE_CHECKING:
-    from protojax.train.context import RunContext
 
 Variables = dict[str, Any]
 Batch = Mapping[str, jax.Array]
 # Builds an optax transform given the number of steps per epoch, so that schedules can be
 # written in epochs (see `protojax.train.optim`).
 TxFactory = Callable[[int], optax.GradientTransformation]
-AfterOp = Callable[[Variables, "RunContext"], Variables]
+
+
+class RunContext(Protocol):
+    """What a method's `after`, `after_epoch`, `summarize` and `figures` hooks see of the run
+    (the engine's `protojax.train.context.RunContext` implements it)."""
+
+    config: Any
+    dataset: Any
+    mesh: jax.sharding.Mesh
+    workdir: pathlib.Path
+    records: dict[str, Any]
+    step: int
+    phase: str
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes files (process 0)."""
+
+    @property
+    def figures_dir(self) -> pathlib.Path: ...
+
+    def save_figure(self, fig, name: str, *, dpi: int = 110) -> pathlib.Path: ...
+
+    def host(self, x: jax.Array) -> np.ndarray: ...
+
+    def ordered_batches(
+        self, split: str = "train", *, batch_size: int | None = None, indices=None
+    ) -> Iterator[dict[str, jax.Array]]: ...
+
+    def evaluate(self, variables: Variables, split: str = "val") -> float: ...
+
+    def rng(self, name: str) -> jax.Array: ...
+
+    def record(self, key: str, value: Any) -> None: ...
+
+    def log(self, **values: Any) -> None: ...
+
+
+AfterOp = Callable[[Variables, RunContext], Variables]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +76,10 @@ class Phase:
         which persists across revisits, and must have the same `trainable` rules.
       trainable: `(regex, TxFactory)` pairs. A parameter whose '/'-joined path (without the
         leading 'params', e.g. `backbone/conv1/kernel`) fully matches a regex is updated by
-        that transform (the first match wins); every other parameter is frozen.
+        that transform (the first match wins).
+      frozen: regexes of the parameters the phase leaves as they are. A parameter that neither
+        `trainable` nor `frozen` matches is an error, so a typo in a regex cannot freeze a
+        parameter unnoticed.
       update_batch_stats: when false, BatchNorm statistics are left as they are; the method
         should also normalise with running averages then.
       after: `after(variables, ctx) -> variables`, run once after the phase's last epoch.
@@ -51,6 +91,7 @@ class Phase:
     epochs: int
     optimizer: str
     trainable: tuple[tuple[str, TxFactory], ...]
+    frozen: tuple[str, ...] = ()
     update_batch_stats: bool = True
     after: AfterOp | None = None
     after_epoch: AfterOp | None = None

@@ -1,10 +1,16 @@
-"""The work directory: config.json, dataset.json, metrics.jsonl, summary.json, figures/,
-checkpoints/ — and `load_workdir` to read one back from a notebook."""
+"""The work directory: config.json, dataset.json, metrics.jsonl, summary.json, figures/ and
+checkpoints/ (`protojax.load_workdir` reads one back), and `lock`, which the main process of
+the run training in it holds."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import pathlib
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -20,40 +26,129 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
 FIGURES = "figures"
+LOCK = "lock"
 
 
 def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-def prepare(workdir: pathlib.Path, config: ConfigDict) -> bool:
-    """Creates the workdir or checks that it belongs to this config; True if it existed.
+def check_config(workdir: pathlib.Path, config: ConfigDict) -> None:
+    """Checks that the workdir is free for this config; writes nothing.
+
+    A workdir holds a run once it has a checkpoint: until then (a start that failed on its
+    data, say) a new config may take it over.
 
     Raises:
-      WorkdirError: the workdir's config.json differs in a non-runtime key.
+      WorkdirError: the workdir holds a run whose config.json differs in a non-runtime key.
     """
     path = workdir / CONFIG
-    new = config_lib.to_dict(config)
-    existed = path.exists()
-    if existed:
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
+    _check_not_a_file(workdir)
+    if not path.exists() or not has_checkpoint(workdir):
+        return
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise WorkdirError(
+            f"{path} is not valid JSON ({error.msg}); restore it or use a new --workdir."
+        ) from None
+    keys = config_lib.differing_keys(old, config_lib.to_dict(config))
+    if keys:
+        shown = ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")
+        raise WorkdirError(
+            f"Workdir {workdir} holds a run with another config (differing keys: {shown}); "
+            "use a new --workdir, or rerun with the same config to resume."
+        )
+
+
+def _check_not_a_file(workdir: pathlib.Path) -> None:
+    for path in (workdir, *workdir.parents):
+        if path.exists() and not path.is_dir():
+            where = "" if path == workdir else f" (its parent {path} is)"
             raise WorkdirError(
-                f"{path} is not valid JSON ({error.msg}); restore it or use a new --workdir."
-            ) from None
-        keys = config_lib.differing_keys(old, new)
-        if keys:
-            shown = ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")
-            raise WorkdirError(
-                f"Workdir {workdir} holds a run with another config (differing keys: {shown}); "
-                "use a new --workdir, or rerun with the same config to resume."
+                f"--workdir {workdir} is a file{where}, not a directory; pass a directory "
+                "(a new one, or that of the run to resume)."
             )
+
+
+# The workdirs this process holds: flock belongs to an open file, so a second open of the
+# same lock file in one process would refuse its own run (runs.train locks around the data
+# loading, and the engine again).
+_HELD: dict[str, int] = {}
+
+
+@contextlib.contextmanager
+def locked(workdir: pathlib.Path) -> Iterator[None]:
+    """Creates the workdir and holds `workdir/lock` (an exclusive `fcntl.flock`) for the block,
+    on the main process; the kernel releases it on every exit, SIGKILL included, so it
+    never goes stale. The file records the holder's host and process id.
+
+    Raises:
+      WorkdirError: the workdir is a file or cannot be written, or another process holds it.
+    """
+    if not is_main_process():
+        yield
+        return
+    key = str(workdir.absolute())
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    fd = _open_lock(workdir)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkdirError(
+                f"Workdir {workdir} is in use by {_holder(fd)}; wait for that run to end "
+                "(or stop it), or pass another --workdir."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{socket.gethostname()} {os.getpid()}\n".encode(), 0)
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD[key]
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _open_lock(workdir: pathlib.Path) -> int:
+    _check_not_a_file(workdir)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        return os.open(workdir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise WorkdirError(
+            f"Workdir {workdir} cannot be written ({error.strerror}); make it writable or "
+            "pass another --workdir."
+        ) from None
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, from what it wrote into the file."""
+    fields = os.pread(fd, 256, 0).decode(errors="replace").split()
+    if len(fields) != 2:
+        return "another process"
+    host, pid = fields
+    return f"the run of process {pid} on host {host}"
+
+
+def has_checkpoint(workdir: pathlib.Path) -> bool:
+    directory = workdir / CHECKPOINTS
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+def write_config(workdir: pathlib.Path, config: ConfigDict) -> None:
+    """Creates the workdir and writes config.json (main process only)."""
     if is_main_process():
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / FIGURES).mkdir(exist_ok=True)
-        path.write_text(config_lib.to_json(config) + "\n")
-    return existed
+        (workdir / CONFIG).write_text(config_lib.to_json(config) + "\n")
 
 
 def write_dataset_info(workdir: pathlib.Path, dataset: Dataset) -> None:
@@ -113,46 +208,3 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
 def write_summary(workdir: pathlib.Path, summary: dict[str, Any]) -> None:
     if is_main_process():
         (workdir / SUMMARY).write_text(json.dumps(summary, indent=2, default=float) + "\n")
-
-
-def load_workdir(workdir: str | pathlib.Path):
-    """`(method, variables, config)` from a finished or running workdir's newest checkpoint."""
-    from protojax.methods import build_method
-    from protojax.train.loop import restore_variables
-
-    workdir = pathlib.Path(workdir)
-    if not (workdir / CONFIG).exists():
-        raise WorkdirError(f"{workdir} has no {CONFIG}; pass the --workdir of a training run.")
-    stored = json.loads((workdir / CONFIG).read_text())
-    config = config_lib.from_dict(_with_library_defaults(stored))
-    dataset = read_dataset_info(workdir)
-    method = build_method(config, dataset)
-    variables = restore_variables(method, config, dataset, workdir)
-    return method, variables, config
-
-
-def _with_library_defaults(stored: dict[str, Any]) -> dict[str, Any]:
-    """A stored config with the keys the library gained since the run was written (such as
-    `data.download`) at their defaults; stored values always win."""
-    from protojax.data import default_config as data_config
-    from protojax.methods import method_module
-    from protojax.train.loop import default_config as train_config
-
-    module = method_module(stored.get("method", ""))
-    defaults = {
-        "data": data_config(),
-        "model": module.default_model_config(),
-        "optim": module.default_optim_config(),
-        "train": train_config(),
-    }
-
-    def merge(default: dict, value: dict) -> dict:
-        out = dict(value)
-        for key, fallback in default.items():
-            if key not in out:
-                out[key] = fallback
-            elif isinstance(fallback, dict) and isinstance(out[key], dict):
-                out[key] = merge(fallback, out[key])
-        return out
-
-    return merge({name: config_lib.to_dict(d) for name, d in defaults.items()}, stored)

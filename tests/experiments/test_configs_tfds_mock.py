@@ -7,7 +7,8 @@ import tensorflow_datasets as tfds
 
 from protojax.config import load_config, set_value
 from protojax.errors import DataError
-from protojax.train import make_data_mesh, run
+from protojax.runs import train as train_run
+from protojax.train import make_data_mesh
 
 
 def shrink(config, **extra):
@@ -27,7 +28,7 @@ def shrink(config, **extra):
 def test_blackbox_cifar_runs_under_mock_data(tmp_path):
     config = shrink(load_config("blackbox_cifar"), **{"data.image_size": 16})
     with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
-        summary = run(None, config, tmp_path, make_data_mesh(jax.devices()[:1]))
+        summary = train_run(config, tmp_path, make_data_mesh(jax.devices()[:1]))
     assert summary["steps"] == 1
     assert 0.0 <= summary["test_accuracy"] <= 1.0
     assert (tmp_path / "summary.json").exists()
@@ -37,7 +38,7 @@ def test_blackbox_cifar_offline_names_the_dataset_and_the_command(tmp_path):
     config = load_config("blackbox_cifar")
     set_value(config, "data.data_dir", str(tmp_path / "tfds"))
     with pytest.raises(DataError) as info:
-        run(None, config, tmp_path / "run")
+        train_run(config, tmp_path / "run")
     message = str(info.value)
     assert "cifar10" in message and str(tmp_path / "tfds") in message
     assert "python -m experiments.prepare_data --dataset=cifar10" in message

@@ -44,6 +44,7 @@ def test_workdir_of_another_config_exits_1_and_names_keys(python, tmp_path):
     other = config_lib.to_dict(config_lib.load_config("blackbox_digits"))
     other["seed"], other["optim"]["lr"] = 5, 0.1
     (tmp_path / "config.json").write_text(json.dumps(other))
+    (tmp_path / "checkpoints" / "0").mkdir(parents=True)  # the workdir holds a run
     result = python("-m", "experiments.train", "--config=blackbox_digits", f"--workdir={tmp_path}")
     assert result.returncode == 1, result.stderr[-2000:]
     line = last_line(result)

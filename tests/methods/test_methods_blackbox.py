@@ -8,7 +8,8 @@ import pytest
 from protojax.config import load_config, set_value
 from protojax.data.digits import load_digits
 from protojax.methods import build_method
-from protojax.train import make_data_mesh, run
+from protojax.runs import train as train_run
+from protojax.train import make_data_mesh
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_bfloat16_compute_keeps_float32_parameters(tmp_path, digits):
         ("train.progress", False),
     ]:
         set_value(config, key, value)
-    run(None, config, tmp_path, make_data_mesh(jax.devices()[:1]), dataset=digits)
+    train_run(config, tmp_path, make_data_mesh(jax.devices()[:1]), dataset=digits)
     from protojax.train.loop import restore_variables
 
     method = build_method(config, digits)
@@ -70,5 +71,5 @@ def test_bfloat16_compute_keeps_float32_parameters(tmp_path, digits):
 def test_blackbox_digits_reaches_097(tmp_path, digits):
     config = load_config("blackbox_digits")
     set_value(config, "train.progress", False)
-    summary = run(None, config, tmp_path, dataset=load_digits(image_size=28))
+    summary = train_run(config, tmp_path, dataset=load_digits(image_size=28))
     assert summary["test_accuracy"] >= 0.97

@@ -12,7 +12,8 @@ from protojax.config import load_config, set_value
 from protojax.data.specs import describe
 from protojax.errors import CheckpointError
 from protojax.methods import build_method
-from protojax.train import make_data_mesh, run
+from protojax.runs import train as train_run
+from protojax.train import make_data_mesh
 
 BATCH = 16
 
@@ -56,7 +57,7 @@ def test_big_config_runs_every_phase_under_mock_data(tmp_path, name, classes, ba
     # The mock's 16 images cover at most 16 classes: the other classes' prototypes find no
     # image of their class at push and keep their vectors.
     with tfds.testing.mock_data(num_examples=BATCH, policy=tfds.testing.MockPolicy.USE_CODE):
-        summary = run(None, config, tmp_path, make_data_mesh(jax.devices()[:1]))
+        summary = train_run(config, tmp_path, make_data_mesh(jax.devices()[:1]))
     assert summary["steps"] == 3  # warm, joint, last: one step each
     phases = [
         r["phase"]
@@ -89,3 +90,10 @@ def test_big_configs_need_their_weights_file(tmp_path):
     assert str(tmp_path / "resnet34_imagenet.npz") in message
     assert "python -m experiments.convert_weights --arch=resnet34" in message
     assert "model.allow_random_init=True" in message
+
+
+@pytest.mark.parametrize("name", ["protopnet_cub", "protopnet_cars"])
+def test_fine_grained_configs_default_to_the_official_augmentor_mix(name):
+    augment = load_config(name).data.augment
+    assert augment.augmentor_mix and augment.hflip
+    assert augment.rotation_degrees == 0.0 and augment.crop_padding == 0

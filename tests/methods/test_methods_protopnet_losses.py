@@ -18,6 +18,7 @@ from protojax.methods.protopnet import (
     stage_plan,
 )
 from protojax.nn.weights import save_variables
+from protojax.runs import train as train_run
 from protojax.train import optim
 
 B, P, K = 7, 9, 3
@@ -244,7 +245,7 @@ def test_missing_backbone_weights_stop_with_the_command(tmp_path):
 def test_backbone_seeded_from_a_black_box_workdir(tmp_path):
     """`model.backbone_weights` may name a trained black box's workdir (same backbone)."""
     from protojax.data.digits import load_digits
-    from protojax.train import make_data_mesh, run
+    from protojax.train import make_data_mesh
     from protojax.train.loop import restore_variables
 
     digits = load_digits(image_size=8)
@@ -256,7 +257,7 @@ def test_backbone_seeded_from_a_black_box_workdir(tmp_path):
         ("model.backbone", load_config("protopnet_digits").model.backbone),
     ]:
         set_value(donor_config, key, value)
-    run(None, donor_config, tmp_path / "bb", make_data_mesh(jax.devices()[:1]), dataset=digits)
+    train_run(donor_config, tmp_path / "bb", make_data_mesh(jax.devices()[:1]), dataset=digits)
     donor = restore_variables(
         build_method(donor_config, digits), donor_config, digits, tmp_path / "bb"
     )

@@ -15,6 +15,7 @@ from protojax.config import load_config, set_value
 from protojax.data import pipeline
 from protojax.data.digits import load_digits
 from protojax.methods import build_method
+from protojax.runs import train as train_run
 from protojax.train import make_data_mesh, optim, run
 from protojax.train.context import RunContext
 from protojax.train.loop import TrainState, make_train_step
@@ -320,6 +321,6 @@ def test_explain_launcher_reads_the_workdir(python, trained):
 def test_protopnet_digits_reaches_095_after_push_and_last_layer(tmp_path):
     config = load_config("protopnet_digits")
     set_value(config, "train.progress", False)
-    summary = run(None, config, tmp_path)
+    summary = train_run(config, tmp_path)
     assert summary["test_accuracy"] >= 0.95
     assert summary["test_accuracy_after_push"] is not None

@@ -16,7 +16,8 @@ import pytest
 from protojax.config import load_config, set_value
 from protojax.data.digits import load_digits
 from protojax.methods import build_method
-from protojax.train import make_data_mesh, run
+from protojax.runs import train as train_run
+from protojax.train import make_data_mesh
 from protojax.train.loop import restore_variables
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -57,14 +58,14 @@ def digits8():
 def four_device_params(tmp_path_factory, digits8):
     config = small_config(10)
     workdir = tmp_path_factory.mktemp("four")
-    run(None, config, workdir, make_data_mesh(jax.devices()[:4]), dataset=digits8)
+    train_run(config, workdir, make_data_mesh(jax.devices()[:4]), dataset=digits8)
     method = build_method(config, digits8)
     return restore_variables(method, config, digits8, workdir)
 
 
 def test_one_and_four_devices_give_the_same_parameters(tmp_path, digits8, four_device_params):
     config = small_config(10)
-    run(None, config, tmp_path, make_data_mesh(jax.devices()[:1]), dataset=digits8)
+    train_run(config, tmp_path, make_data_mesh(jax.devices()[:1]), dataset=digits8)
     one = restore_variables(build_method(config, digits8), config, digits8, tmp_path)
     assert_close_per_leaf(one, four_device_params)
 
@@ -156,7 +157,7 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path, digits8):
         assert f"done {i}" in out
     config = small_config(0, batch_size=256)
     single = tmp_path / "single"
-    summary = run(None, config, single, make_data_mesh(jax.devices()[:4]), dataset=digits8)
+    summary = train_run(config, single, make_data_mesh(jax.devices()[:4]), dataset=digits8)
     method = build_method(config, digits8)
     expected = restore_variables(method, config, digits8, single)
     got = restore_variables(method, config, digits8, workdir)

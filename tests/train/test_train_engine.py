@@ -19,8 +19,9 @@ import pytest
 import protojax
 from experiments.configs.common import base_config
 from protojax.data.digits import load_digits
-from protojax.errors import CheckpointError, NonFiniteError, WorkdirError
+from protojax.errors import CheckpointError, NonFiniteError, UsageError, WorkdirError
 from protojax.methods.common import cross_entropy
+from protojax.runs import train as train_run
 from protojax.train import Method, Phase, adam, make_data_mesh, run, sgd
 from protojax.train.workdir import read_metrics
 
@@ -88,10 +89,10 @@ class Toy(Method):
         first = (("a/.*", adam(1e-2, weight_decay=1e-3)),)
         second = (("b/.*", sgd(0.1)), ("a/bias", sgd(0.01)))
         return [
-            Phase("first", 1, "adam", first, after=_halve_head),
-            Phase("second", 2, "sgd", second, after_epoch=_count_epochs),
-            Phase("push_only", 0, "sgd", second, after=_halve_head),
-            Phase("first", 1, "adam", first),
+            Phase("first", 1, "adam", first, frozen=("b/.*",), after=_halve_head),
+            Phase("second", 2, "sgd", second, frozen=("a/kernel",), after_epoch=_count_epochs),
+            Phase("push_only", 0, "sgd", second, frozen=("a/kernel",), after=_halve_head),
+            Phase("first", 1, "adam", first, frozen=("b/.*",)),
         ]
 
     def targets(self, variables):
@@ -350,7 +351,7 @@ def test_load_workdir_reproduces_the_recorded_test_accuracy(tmp_path, digits8, m
     test images give exactly the test_accuracy of summary.json."""
     config = toy_config(epochs=1)
     config.data.batch_size = 128
-    run(None, config, tmp_path, mesh2, dataset=digits8)
+    train_run(config, tmp_path, mesh2, dataset=digits8)
     method, variables, loaded = protojax.load_workdir(str(tmp_path))
     assert method.name == "blackbox"
     assert protojax.config.to_dict(loaded) == protojax.config.to_dict(config)
@@ -410,3 +411,55 @@ def test_progress_bar_on_a_terminal_and_plain_lines_otherwise():
     lines.close()
     assert tty.getvalue().endswith("\n") and not tty.getvalue().endswith("\n\n")
     assert plain.getvalue().count("\n") == 2
+
+
+class OnePhaseToy(Toy):
+    def phases(self, config):
+        return [Phase("first", 1, "adam", ((".*", adam(1e-2)),))]
+
+
+def test_no_val_split_and_kept_last_batch(tmp_path, mesh2):
+    """val_fraction=0 and drop_last=False: ceil(1,437 / 32) = 45 steps, no val figures, and
+    the reported accuracy is that of the final parameters."""
+    config = toy_config()
+    config.data.val_fraction = 0.0
+    config.data.drop_last = False
+    dataset = load_digits(image_size=8, val_fraction=0.0)
+    summary = run(OnePhaseToy(), config, tmp_path, mesh2, dataset=dataset)
+    assert summary["steps"] == 45 and summary["val_accuracy"] is None
+    variables = _restore(tmp_path, dataset, OnePhaseToy())
+    method = OnePhaseToy()
+    test = dataset.split("test")
+    images = test.get_batch(np.arange(len(test)))["image"]
+    predicted = np.argmax(method.predict(variables, images), axis=1)
+    assert summary["test_accuracy"] == pytest.approx(np.mean(predicted == test.labels))
+    assert not any("val_accuracy" in r for r in read_metrics(tmp_path) if r["kind"] == "epoch")
+
+
+class CountingToy(Toy):
+    """Counts the traces of its loss: one per compiled step."""
+
+    def __init__(self):
+        super().__init__()
+        self.traced = []
+
+    def loss(self, params, state, batch, rng, phase):
+        self.traced.append(phase.name)
+        return super().loss(params, state, batch, rng, phase)
+
+
+def test_revisited_phases_reuse_their_compiled_step(tmp_path, digits8, mesh2):
+    toy = CountingToy()
+    run(toy, toy_config(), tmp_path, mesh2, dataset=digits8)
+    # first, second, push_only (no epochs), first again: two programs.
+    assert toy.traced == ["first", "second"]
+
+
+class Typo(Toy):
+    def phases(self, config):
+        return [Phase("first", 1, "adam", (("a/.*", adam(1e-2)),), frozen=("bb/.*",))]
+
+
+def test_a_parameter_no_rule_names_is_an_error_naming_it(tmp_path, digits8, mesh2):
+    with pytest.raises(UsageError, match=r"neither trains nor freezes b/bias, b/kernel"):
+        run(Typo(), toy_config(), tmp_path, mesh2, dataset=digits8)

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from protojax.train import checkpoint
+from experiments import cli
 
 
 def _failing_read_in(directory: str):
@@ -21,7 +21,7 @@ def _failing_read_in(directory: str):
     [("/venv/site-packages/orbax/checkpoint/_src", True), ("/venv/site-packages/mylib", False)],
 )
 def test_unretrieved_read_errors_are_dropped_only_from_orbax(caplog, directory, dropped):
-    checkpoint._drop_failed_read_leftovers()
+    cli.drop_failed_read_leftovers()
     loop = asyncio.new_event_loop()
     task = loop.create_task(_failing_read_in(directory)())
     loop.run_until_complete(asyncio.sleep(0))  # the task fails; nobody retrieves its error
