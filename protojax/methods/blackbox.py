@@ -11,12 +11,23 @@ from protojax.config import ConfigDict, compute_dtype
 from protojax.data.base import Dataset
 from protojax.methods.common import accuracy, class_logit, cross_entropy
 from protojax.nn import backbone_by_name
+from protojax.nn.weights import load_backbone
 from protojax.train import optim
 from protojax.train.protocol import Method, Phase
 
 
 def default_model_config() -> ConfigDict:
-    return ConfigDict({"backbone": "small_cnn", "stem": "imagenet"})
+    return ConfigDict(
+        {
+            "backbone": "small_cnn",
+            "stem": "imagenet",
+            # A converted .npz (experiments/convert_weights.py) or a trained run's workdir,
+            # loaded into the backbone at the start of a fresh run; empty: from scratch.
+            "backbone_weights": "",
+            # Train from a random backbone when backbone_weights names a missing file.
+            "allow_random_init": False,
+        }
+    )
 
 
 def default_optim_config() -> ConfigDict:
@@ -84,6 +95,14 @@ class BlackBox(Method):
 
     def init(self, rng, batch):
         return dict(self.net.init(rng, batch["image"], train=False))
+
+    def load_pretrained(self, variables):
+        m = self.config.model
+        if not m.backbone_weights:
+            return variables
+        return load_backbone(
+            variables, m.backbone_weights, arch=m.backbone, allow_random_init=m.allow_random_init
+        )
 
     def loss(self, params, state, batch, rng, phase):
         del rng

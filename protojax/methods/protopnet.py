@@ -63,11 +63,11 @@ from protojax.methods.common import (
     accuracy,
     class_logit,
     cross_entropy,
-    load_backbone,
 )
 from protojax.nn import backbone_by_name, feature_channels
 from protojax.nn.add_on import AddOnLayers, add_on_widths
 from protojax.nn.receptive_field import receptive_field_boxes
+from protojax.nn.weights import load_backbone
 from protojax.prototypes import layer, log_similarity, min_over_patches, squared_l2_distances
 from protojax.prototypes.costs import (
     average_separation,
