@@ -30,3 +30,11 @@ def class_logit(apply_logits, variables, images: jax.Array, targets: jax.Array) 
     """Score function: the logit of class `targets [B]` for `images [B, H, W, C]`."""
     logits = apply_logits(variables, images)  # [B, K]
     return jnp.take_along_axis(logits, targets[:, None].astype(jnp.int32), axis=1)[:, 0]
+
+
+def class_probability(apply_logits, variables, images: jax.Array, targets: jax.Array) -> jax.Array:
+    """Score function: the softmax probability of class `targets [B]`; unlike logits that may
+    all be negative (ProtoVAE's), it is positive, so sampled maps keep a sign one can read."""
+    logits = apply_logits(variables, images).astype(jnp.float32)  # [B, K]
+    probabilities = jax.nn.softmax(logits, axis=-1)
+    return jnp.take_along_axis(probabilities, targets[:, None].astype(jnp.int32), axis=1)[:, 0]
