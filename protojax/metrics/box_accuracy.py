@@ -189,3 +189,16 @@ def max_box_accuracy(
         cam_thresholds=jnp.asarray(cam_thresholds, jnp.float32),
         iou_thresholds=jnp.asarray(iou, jnp.float32),
     )
+
+
+def mask_boxes(masks) -> np.ndarray:
+    """Ground-truth boxes from masks: `[B, H, W]` → `[B, 1, 4]` int64, the tightest box
+    `(y0, x0, y1, x1)` (exclusive ends) around each mask's non-zero pixels, all zeros (no
+    area: no box) for an empty mask; for `max_box_accuracy` on data with masks only."""
+    masks = np.asarray(check_maps(masks, "masks")) != 0
+    boxes = np.zeros((masks.shape[0], 1, 4), np.int64)
+    for i, mask in enumerate(masks):
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if rows.size:
+            boxes[i, 0] = (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)
+    return boxes
