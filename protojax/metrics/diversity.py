@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -22,6 +23,12 @@ from protojax.prototypes.diversity import (
     prototype_diversity_entropy,
     prototype_log_volume,
 )
+
+
+# One compiled program each, rather than one per operation.
+_log_volume = jax.jit(prototype_log_volume)
+_coverage_sample = jax.jit(coverage_sample)
+_davies_bouldin = jax.jit(davies_bouldin)
 
 
 class PairwiseDistance(NamedTuple):
@@ -66,7 +73,7 @@ def class_log_volumes(prototypes, prototype_class, *, num_classes: int, active=N
     for k in range(num_classes):
         mine = np.flatnonzero(rows & (classes == k))
         if 0 < mine.size <= p.shape[1]:
-            out[k] = float(prototype_log_volume(p[mine][None]))
+            out[k] = float(_log_volume(p[mine][None]))
     return out
 
 
@@ -93,7 +100,7 @@ def class_coverage(latents, labels, prototypes, prototype_class, *, num_classes:
         )
     rows = np.ones(len(classes), bool) if active is None else np.asarray(active, bool)
     sample = np.asarray(
-        coverage_sample(
+        _coverage_sample(
             jnp.asarray(latents),
             jnp.asarray(labels),
             jnp.asarray(p.reshape(num_classes, m, -1)),
@@ -175,7 +182,7 @@ def prototype_diversity(
         masked = np.where(rows[None, :], np.asarray(similarities, np.float32), -np.inf)
         assignment = np.argmax(masked, axis=1)
         db = float(
-            davies_bouldin(
+            _davies_bouldin(
                 jnp.asarray(latents, jnp.float32),
                 jnp.asarray(assignment),
                 jnp.asarray(p),
