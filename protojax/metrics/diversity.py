@@ -24,7 +24,6 @@ from protojax.prototypes.diversity import (
     prototype_log_volume,
 )
 
-
 # One compiled program each, rather than one per operation.
 _log_volume = jax.jit(prototype_log_volume)
 _coverage_sample = jax.jit(coverage_sample)

@@ -65,7 +65,9 @@ def test_prototype_diversity_gathers_the_figures():
     assert result.log_volume.shape == (2,) and np.all(np.isfinite(result.log_volume))
     # Davies–Bouldin by hand: each latent to its nearest prototype.
     assign = np.argmax(similarities, 1)
-    spread = np.array([np.linalg.norm(latents[assign == i] - p[i], axis=1).mean() for i in range(4)])
+    spread = np.array(
+        [np.linalg.norm(latents[assign == i] - p[i], axis=1).mean() for i in range(4)]
+    )
     gaps = np.linalg.norm(p[:, None] - p[None], axis=-1)
     np.fill_diagonal(gaps, 1.0)
     ratio = (spread[:, None] + spread[None]) / gaps
