@@ -1,22 +1,39 @@
-"""Post-hoc explainers: gradients, Grad-CAM, occlusion, RISE and RELAX.
+"""Post-hoc explainers: gradients, Grad-CAM, occlusion, RISE and RELAX; `explain_all` runs
+them together.
 
 Every explainer takes callables and arrays and is jit-compiled with its callables passed as
 pytrees: give a `jax.tree_util.Partial(apply, params)` so that new parameters reuse the
 compiled code. Gradient explainers return `[B, H, W, C]`; mask-based ones return `[B, H, W]`;
 `reduce_channels` turns the first into the second.
+
+Figures and the HTML report are in `protojax.explain.grid` and `protojax.explain.report`.
 """
 
 from protojax.explain.common import reduce_channels
-from protojax.explain.gradcam import gradcam
+from protojax.explain.gradcam import (
+    LayerOutput,
+    default_gradcam_layer,
+    gradcam,
+    layer_gradcam,
+    layer_outputs,
+)
 from protojax.explain.gradients import integrated_gradients, saliency, smoothgrad
 from protojax.explain.occlusion import occlusion
 from protojax.explain.relax import RelaxResult, relax, relax_masks, u_relax
 from protojax.explain.rise import rise, rise_masks
+from protojax.explain.runner import EXPLAINERS, Explanations, explain_all
 
 __all__ = [
+    "EXPLAINERS",
+    "Explanations",
+    "LayerOutput",
     "RelaxResult",
+    "default_gradcam_layer",
+    "explain_all",
     "gradcam",
     "integrated_gradients",
+    "layer_gradcam",
+    "layer_outputs",
     "occlusion",
     "reduce_channels",
     "relax",
