@@ -166,10 +166,17 @@ def pipeline_throughput(config, *, steps: int) -> dict:
 
 def main(argv: list[str]) -> None:
     config, name = cli.load_config(*cli.parse_flags(argv))
+    if FLAGS.steps < 1 or FLAGS.warmup < 0 or FLAGS.batch_size < 0:
+        raise UsageError(
+            "--steps must be ≥ 1, --warmup ≥ 0 and --batch_size ≥ 0 (0: the config's)."
+        )
     if FLAGS.batch_size:
         from protojax.config import set_value
 
         set_value(config, "data.batch_size", FLAGS.batch_size)
+    from protojax.train.loop import validate_config
+
+    validate_config(config)
     if FLAGS.pipeline:
         result = pipeline_throughput(config, steps=FLAGS.steps)
     else:

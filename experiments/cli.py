@@ -1,5 +1,6 @@
-"""Shared launcher plumbing: `--config=NAME --config.key=value` parsing and the error contract
-(the one-sentence message is the last line printed; exit 2 for usage errors, 1 otherwise)."""
+"""Shared launcher plumbing: `--help`, `--config=NAME --config.key=value` parsing, the error
+contract (the one-sentence message is the last line printed; exit 2 for usage errors, 1
+otherwise, 130 after Ctrl-C) and output folders replaced whole."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import contextlib
 import difflib
 import logging
 import os
+import pathlib
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 
 from absl import flags
@@ -38,10 +42,6 @@ def parse_flags(argv: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
     """Parses the launcher's absl flags from `argv`; returns the config name and overrides
     (for `load_config`), so that flags such as --distributed can act before the config loads."""
     name, overrides, rest = split_config_args(argv)
-    if {"--help", "-h", "--helpfull"} & set(rest):
-        doc = getattr(sys.modules["__main__"], "__doc__", None) or ""
-        print(f"{doc.strip()}\n\nflags:\n{flags.FLAGS.get_help()}")
-        raise SystemExit(0)
     positional = flags.FLAGS(["launcher", *rest])[1:]
     if positional:
         raise UsageError(
@@ -51,7 +51,9 @@ def parse_flags(argv: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
 
 
 def load_config(name: str | None, overrides: list[tuple[str, str]]):
-    """(config, short config name) from `--config=NAME` and its `--config.KEY=VALUE`s."""
+    """(config, short config name) from `--config=NAME` and its `--config.KEY=VALUE`s. Only
+    the key names and types are checked here; `protojax.train.loop.validate_config` checks
+    the ranges."""
     from protojax import config as config_lib
 
     if not name:
@@ -59,6 +61,63 @@ def load_config(name: str | None, overrides: list[tuple[str, str]]):
     config = config_lib.load_config(name)
     config_lib.apply_overrides(config, overrides)
     return config, os.path.splitext(os.path.basename(name))[0]
+
+
+HELP_FLAGS = ("--help", "-h", "--helpfull", "-help")
+
+
+def print_help() -> None:
+    """The launcher's docstring, then its flags."""
+    doc = getattr(sys.modules["__main__"], "__doc__", None) or ""
+    print(f"{doc.strip()}\n\nflags:\n{flags.FLAGS.get_help()}")
+
+
+# Marks a folder written by `replaced_folder`, which a later launch may replace whole.
+OUTPUT_MARKER = ".protojax-output"
+
+
+@contextlib.contextmanager
+def replaced_folder(out: str | pathlib.Path, *, owned: bool = False) -> Iterator[pathlib.Path]:
+    """A fresh staging folder beside `out` for one launch's outputs; when the block ends
+    without an error it replaces `out` whole, so that what is on disk is exactly what this
+    launch wrote (no files of an earlier, larger launch remain). On an error the staging
+    folder is removed and `out` is left as it was.
+
+    `owned`: `out` is the launcher's own default folder inside a workdir (such as
+    WORKDIR/explanations), replaced even when an older launch left it without the mark that
+    this function puts in the folders it writes.
+
+    Raises:
+      UsageError: `out` is a file, or a folder holding files that no launcher wrote (it is
+        never replaced then).
+    """
+    out = pathlib.Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"Output {out} is a file; pass a folder.")
+    if not owned and out.is_dir() and any(out.iterdir()) and not (out / OUTPUT_MARKER).exists():
+        raise UsageError(
+            f"Output folder {out} holds files that no protojax launcher wrote; pass a new or "
+            "empty folder, or move them away."
+        )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as error:
+        raise ProtojaxError(f"Cannot write under {out.parent} ({error.strerror}).") from None
+    staging.chmod(0o755)
+    try:
+        (staging / OUTPUT_MARKER).touch()
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        old = staging.with_name(staging.name + ".old")
+        os.rename(out, old)
+        os.rename(staging, out)
+        shutil.rmtree(old)
+    else:
+        os.rename(staging, out)
 
 
 def setup_logging() -> None:
@@ -85,24 +144,34 @@ def flag_error_sentence(error: flags.Error) -> str:
 
 @contextlib.contextmanager
 def error_contract() -> Iterator[None]:
-    """Turns a ProtojaxError or an absl flag error into one sentence on the last line, with
-    exit code 2 for usage errors and 1 for data and checkpoint errors. For launchers only:
-    after the sentence the process's output is closed (see `_fail`)."""
+    """Turns a ProtojaxError, an absl flag error or a failed file operation into one sentence
+    on the last line, with exit code 2 for usage errors and 1 for data, file and checkpoint
+    errors; Ctrl-C into one line (the engine's says where the run stands), exit code 130.
+    For launchers only: after the line the process's output is closed (see `_fail`)."""
     try:
         yield
     except ProtojaxError as error:
         _fail(str(error), error.exit_code)
     except flags.Error as error:
         _fail(flag_error_sentence(error), UsageError.exit_code)
+    except KeyboardInterrupt as error:
+        _fail(str(error) or "interrupted; rerun the same command to resume", 130, label="")
+    except OSError as error:
+        if error.filename is None:
+            raise
+        _fail(
+            f"{error.strerror or error} ({error.filename}); check the path and its permissions.",
+            1,
+        )
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int, *, label: str = "error: ") -> None:
     """Prints the sentence, then points stdout and stderr at /dev/null for the rest of the
     process: native threads and finalizers (TensorStore reads left in flight by a failed
     restore, asyncio tasks collected at shutdown) may still write, and nothing may follow the
     sentence."""
     sys.stdout.flush()
-    print(f"error: {message}", file=sys.stderr)
+    print(f"{label}{message}", file=sys.stderr)
     sys.stderr.flush()
     null = os.open(os.devnull, os.O_WRONLY)
     for stream in (sys.stdout, sys.stderr):
@@ -112,12 +181,44 @@ def _fail(message: str, code: int) -> None:
     raise SystemExit(code) from None
 
 
+def enable_compilation_cache() -> str | None:
+    """Points JAX's persistent compilation cache at a user cache folder, so that a second
+    launch reuses the compiled steps; returns the folder, or None where it is switched off.
+
+    The folder: `$JAX_COMPILATION_CACHE_DIR` if set, else `$XDG_CACHE_HOME/protojax/jax`, else
+    `~/.cache/protojax/jax`. `PROTOJAX_COMPILATION_CACHE=0` switches it off. A folder that
+    cannot be created leaves the cache off with a warning: it only saves time.
+    """
+    if os.environ.get("PROTOJAX_COMPILATION_CACHE", "1").lower() in ("0", "false", "off", "no"):
+        return None
+    folder = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "protojax", "jax"
+    )
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        logging.warning("Compilation cache off: cannot create %s (%s).", folder, error)
+        return None
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", folder)
+    # JAX's default (1 s) leaves out the many small programs of a run (eval, push, metrics).
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    return folder
+
+
 def run_launcher(main: Callable[[list[str]], None]) -> None:
-    """Runs `main(argv)` under the error contract."""
+    """Runs `main(argv)` under the error contract, with the persistent compilation cache;
+    `--help` (or -h) prints the launcher's docstring and flags instead, with exit code 0."""
+    argv = sys.argv[1:]
+    if set(HELP_FLAGS) & set(argv):
+        print_help()
+        raise SystemExit(0)
     setup_logging()
     drop_failed_read_leftovers()
+    enable_compilation_cache()
     with error_contract():
-        main(sys.argv[1:])
+        main(argv)
 
 
 _ORBAX_DIR = f"{os.sep}orbax{os.sep}"

@@ -1,20 +1,25 @@
-r"""Converts a torchvision ResNet checkpoint into a protojax `.npz` weight file.
+r"""Converts a torchvision or timm checkpoint into a protojax `.npz` weight file.
 
     python -m experiments.convert_weights --arch=resnet34 \
         --torch_checkpoint=resnet34-b627a593.pth --out=weights/resnet34_imagenet.npz
+    python -m experiments.convert_weights --arch=vit_small_patch16_224 \
+        --torch_checkpoint=model.safetensors --out=weights/vit_small_patch16_224.npz
 
-The checkpoint is a torchvision `state_dict` (a `{'state_dict': ...}` wrapper and a
-DataParallel `module.` prefix are accepted). Conv weights go from OIHW to HWIO, BN running
-statistics to `batch_stats`, and the `fc` classifier is dropped; the result is checked key by
-key and shape by shape against `backbone_by_name(arch, stem=stem)` before it is written. The
-file format and the key map are described in `protojax/nn/weights.py`; load the file with
-`protojax.nn.weights.load_variables`.
+The checkpoint is a torchvision or timm `state_dict`: `.safetensors` and `.npz` are read
+without PyTorch, `.pth`/`.pt`/`.bin` with the `torch` extra (`pip install -e '.[torch]'`). A
+`{'state_dict': ...}` or `{'model': ...}` wrapper and a DataParallel `module.` prefix are
+accepted. Conv weights go from OIHW to HWIO, BN running statistics to `batch_stats`, the
+family's classifier (`fc`, `classifier`, `head`, `heads`) is dropped, and torchvision's ViT
+names map onto timm's. The result is checked key by key and shape by shape against
+`backbone_by_name(arch, stem=stem)` before it is written, with its SHA-256 checksum in
+`OUT.sha256` beside it, which loading verifies. The file format and the key maps are described
+in `protojax/nn/weights.py`; load the file with `config.model.backbone_weights=OUT`.
 
-With `--random_init` (and no checkpoint) the launcher builds the reference torch ResNet of
-`protojax/nn/torch_reference.py` from `--seed`, with randomised BN statistics, for parity
-tests and benchmarks; `torch_resnet(arch, stem=stem, seed=seed, randomize_batch_norm=True)`
-rebuilds the same torch model. PyTorch is needed (`pip install -e '.[torch]'`); it takes a
-few seconds.
+With `--random_init` (and no checkpoint) the launcher converts the real torchvision or timm
+model freshly initialised from `--seed` (`protojax/nn/torch_reference.py`; a ResNet with
+randomised BN statistics, as `torch_resnet(arch, stem=stem, seed=seed,
+randomize_batch_norm=True)` rebuilds it), for parity checks and benchmarks. It needs PyTorch,
+torchvision and, for timm's ViTs, timm.
 """
 
 from __future__ import annotations
@@ -28,54 +33,42 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from protojax.errors import CheckpointError, ProtojaxError, UsageError
-from protojax.nn import backbone_by_name
+from protojax.errors import ProtojaxError, UsageError
+from protojax.nn import backbone_by_name, backbone_family, backbone_names
 from protojax.nn.resnet import RESNET_ARCHS, STEMS
-from protojax.nn.torch_reference import import_torch, torch_resnet
 from protojax.nn.weights import (
     check_variables,
     flatten_variables,
+    read_state_dict,
     save_variables,
     torch_state_dict_to_variables,
 )
 
+ARCHS = [name for name in backbone_names() if backbone_family(name) != "small"]
+
 
 class Conversion(NamedTuple):
-    """What `convert` wrote: the file, its numbers of arrays and of parameters, and the number
-    of tensors in the torch state_dict."""
+    """What `convert` wrote: the file, its numbers of arrays and of parameters, the number of
+    tensors in the torch state_dict, and the file's SHA-256."""
 
     path: pathlib.Path
     num_arrays: int
     num_params: int
     num_torch_tensors: int
+    sha256: str
 
 
-def _read_state_dict(path: pathlib.Path) -> dict[str, np.ndarray]:
-    torch = import_torch()
-    if not path.is_file():
-        raise CheckpointError(f"No torch checkpoint at {path}; pass an existing .pth file.")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many kinds (pickle, zip, runtime) for bad files
-        raise CheckpointError(
-            f"Cannot read {path} as a torch state_dict ({type(err).__name__}); pass a file "
-            "saved with torch.save(model.state_dict(), path)."
-        ) from err
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict) or not all(torch.is_tensor(v) for v in loaded.values()):
-        raise CheckpointError(
-            f"{path} is not a state_dict of tensors; pass a file saved with "
-            "torch.save(model.state_dict(), path)."
-        )
-    # NumPy has no bfloat16: floating tensors come over as float32 (the loader casts them to
-    # the model's param_dtype anyway).
-    return {
-        name.removeprefix("module."): (
-            tensor.detach().cpu().float() if tensor.is_floating_point() else tensor.cpu()
-        ).numpy()
-        for name, tensor in loaded.items()
-    }
+def _random_state_dict(arch: str, stem: str, seed: int) -> dict[str, np.ndarray]:
+    from protojax.nn.torch_reference import import_torch, torch_backbone, torch_resnet
+
+    if arch in RESNET_ARCHS:
+        model = torch_resnet(arch, stem=stem, seed=seed, randomize_batch_norm=True)
+    else:
+        torch = import_torch()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = torch_backbone(arch)
+    return {k: v.detach().numpy() for k, v in model.state_dict().items()}
 
 
 def convert(
@@ -87,53 +80,63 @@ def convert(
     random_init: bool = False,
     seed: int = 0,
 ) -> Conversion:
-    """Converts a torchvision ResNet state_dict (or a random reference one) to an `.npz`.
+    """Converts a torchvision or timm state_dict (or a random real one) to an `.npz`.
 
     Args:
-      arch: `resnet18` … `resnet152`.
-      out: the `.npz` file to write.
-      torch_checkpoint: the `.pth` state_dict to convert; exclusive with `random_init`.
-      stem: `imagenet` or `cifar`, the stem of the model the weights are for.
-      random_init: convert `torch_resnet(arch, stem=stem, seed=seed,
-        randomize_batch_norm=True)` instead of a checkpoint.
+      arch: a backbone name (`ARCHS`).
+      out: the `.npz` file to write; `OUT.sha256` is written beside it.
+      torch_checkpoint: the state_dict to convert (`.safetensors`, `.npz`, `.pth`); exclusive
+        with `random_init`.
+      stem: `imagenet` or `cifar`, the stem of the model the weights are for (ResNets only).
+      random_init: convert the real torch model freshly initialised from `seed` instead.
       seed: the torch seed of `random_init`.
 
     Returns:
       A `Conversion` describing the file written.
+
+    Raises:
+      UsageError: an unknown arch or stem, or not exactly one source.
+      CheckpointError: the checkpoint is unreadable or does not match `arch` (nothing is
+        written).
     """
-    if arch not in RESNET_ARCHS:
-        raise UsageError(f"Unknown --arch '{arch}'; use one of {', '.join(RESNET_ARCHS)}.")
+    if arch not in ARCHS:
+        raise UsageError(f"Unknown --arch '{arch}'; use one of {', '.join(ARCHS)}.")
+    if stem not in STEMS:
+        raise UsageError(f"Unknown --stem '{stem}'; use one of {', '.join(STEMS)}.")
     if random_init == (torch_checkpoint is not None):
-        raise UsageError("Pass exactly one of --torch_checkpoint=PATH.pth and --random_init.")
+        raise UsageError("Pass exactly one of --torch_checkpoint=PATH and --random_init.")
     if random_init:
-        model = torch_resnet(arch, stem=stem, seed=seed, randomize_batch_norm=True)
-        state_dict = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+        state_dict = _random_state_dict(arch, stem, seed)
         source = f"the random {arch} reference"
     else:
-        state_dict = _read_state_dict(pathlib.Path(torch_checkpoint))
+        state_dict = read_state_dict(torch_checkpoint)
         source = str(torch_checkpoint)
-    variables = torch_state_dict_to_variables(state_dict)
+    variables = torch_state_dict_to_variables(state_dict, family=backbone_family(arch))
     flat = flatten_variables(variables)
     module = backbone_by_name(arch, stem=stem)
     like = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
     check_variables(flat, flatten_variables(like), source=source)
     out = pathlib.Path(out)
-    save_variables(out, variables)
+    digest = save_variables(out, variables)
     num_params = sum(v.size for k, v in flat.items() if k.startswith("params/"))
-    return Conversion(out, len(flat), num_params, len(state_dict))
+    return Conversion(out, len(flat), num_params, len(state_dict), digest)
 
 
 def _define_flags() -> dict[str, flags.FlagHolder]:
     """Defines the flags when run as a script, so that importing `convert` defines none."""
     return {
-        "arch": flags.DEFINE_enum("arch", None, list(RESNET_ARCHS), "The ResNet to convert."),
+        "arch": flags.DEFINE_enum("arch", None, ARCHS, "The backbone to convert."),
         "torch_checkpoint": flags.DEFINE_string(
-            "torch_checkpoint", None, "A torchvision state_dict (.pth) to convert."
+            "torch_checkpoint",
+            None,
+            "A torchvision or timm state_dict to convert (.safetensors, .npz, or .pth with torch).",
         ),
         "out": flags.DEFINE_string("out", None, "The .npz file to write."),
-        "stem": flags.DEFINE_enum("stem", "imagenet", list(STEMS), "The stem of the model."),
+        "stem": flags.DEFINE_enum(
+            "stem", "imagenet", list(STEMS), "The stem of the model (ResNets)."
+        ),
         "random_init": flags.DEFINE_bool(
-            "random_init", False, "Convert a freshly initialised reference torch ResNet instead."
+            "random_init", False, "Convert the freshly initialised real torch model instead."
         ),
         "seed": flags.DEFINE_integer("seed", 0, "The torch seed of --random_init."),
     }
@@ -147,10 +150,11 @@ def main(argv: list[str], holders: dict[str, flags.FlagHolder]) -> None:
     except ProtojaxError as err:
         print(err, file=sys.stderr)
         sys.exit(err.exit_code)
+    stem = f" ({options['stem']} stem)" if options["arch"] in RESNET_ARCHS else ""
     print(
         f"Wrote {result.num_arrays} arrays ({result.num_params:,} parameters) of "
-        f"{options['arch']} ({options['stem']} stem) to {result.path}, from "
-        f"{result.num_torch_tensors} torch tensors (the fc classifier and the "
+        f"{options['arch']}{stem} to {result.path} (sha256 {result.sha256}), from "
+        f"{result.num_torch_tensors} torch tensors (the classifier and the "
         "num_batches_tracked counters are dropped)."
     )
 

@@ -16,10 +16,10 @@ saying what went wrong; the exit code is 2 for an unknown dataset name and 1 oth
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
-from experiments.cli import error_contract, setup_logging
-from protojax.data.tfds_source import prepare_tfds
+from experiments import cli
+from protojax.errors import UsageError
 
 
 def _define_flags() -> dict[str, flags.FlagHolder]:
@@ -36,16 +36,18 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
 
 
 def main(argv: list[str], holders: dict[str, flags.FlagHolder]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}.")
-    options = {name: holder.value for name, holder in holders.items()}
-    setup_logging()
-    with error_contract():
-        directory = prepare_tfds(options["dataset"], options["data_dir"], options["manual_dir"])
+    name, overrides = cli.parse_flags(argv)
+    if name or overrides:
+        raise UsageError("prepare_data takes no --config; pass --dataset=NAME.")
+    options = {key: holder.value for key, holder in holders.items()}
+    if not options["dataset"]:
+        raise UsageError("Pass --dataset=NAME, a TFDS dataset name such as cifar10.")
+    from protojax.data.tfds_source import prepare_tfds
+
+    directory = prepare_tfds(options["dataset"], options["data_dir"], options["manual_dir"])
     print(f"Prepared {options['dataset']} as ArrayRecord in {directory}.")
 
 
 if __name__ == "__main__":
     _holders = _define_flags()
-    flags.mark_flags_as_required(["dataset"])
-    app.run(lambda argv: main(argv, _holders))
+    cli.run_launcher(lambda argv: main(argv, _holders))

@@ -15,9 +15,9 @@ import ast
 import difflib
 import importlib.util
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from protojax.errors import UsageError
 
@@ -294,6 +294,63 @@ def differing_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two config dicts, runtime keys excluded."""
     a, b = _flat(json.loads(json.dumps(old))), _flat(json.loads(json.dumps(new)))
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RUNTIME_KEYS)
+
+
+class Rule(NamedTuple):
+    """A range or choice that a config key's value must satisfy.
+
+    Attributes:
+      key: the dotted key; a config without it (a user's own section layout) skips the rule.
+      holds: `holds(value) -> bool`.
+      expects: what a valid value is, completing "must be ...", e.g. "an integer ≥ 1".
+    """
+
+    key: str
+    holds: Callable[[Any], bool]
+    expects: str
+
+
+def at_least(key: str, low: float, what: str = "an integer") -> Rule:
+    return Rule(key, lambda value: value >= low, f"{what} ≥ {low}")
+
+
+def between(key: str, low: float, high: float) -> Rule:
+    """`low < value < high`."""
+    return Rule(
+        key, lambda value: low < value < high, f"a number strictly between {low} and {high}"
+    )
+
+
+def one_of(key: str, choices: Sequence[str]) -> Rule:
+    return Rule(key, lambda value: value in choices, f"one of {', '.join(choices)}")
+
+
+def _lookup(config: Mapping[str, Any], key: str) -> tuple[bool, Any]:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping | ConfigDict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def validate(config: ConfigDict, rules: Iterable[Rule]) -> None:
+    """Checks `config` against `rules` (each layer contributes those of its own section:
+    `protojax.data.CONFIG_RULES`, `protojax.train.loop.CONFIG_RULES`), before anything
+    touches the disk or the data.
+
+    Raises:
+      UsageError: naming the first key whose value breaks its rule.
+    """
+    for rule in rules:
+        present, value = _lookup(config, rule.key)
+        if not present or value is None:
+            continue
+        if not rule.holds(value):
+            raise UsageError(
+                f"Config key '{rule.key}' must be {rule.expects}, got {value!r}; set "
+                f"--config.{rule.key}=VALUE."
+            )
 
 
 def compute_dtype(config: ConfigDict):

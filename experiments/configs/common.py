@@ -4,7 +4,8 @@ engine's `train`, the data layer's `data`, and the method's `model` and `optim` 
 from protojax.config import ConfigDict
 from protojax.runs import default_config as base_config
 
-# The data set-ups of the official ProtoVAE and Pantypes code (METHODS.md §2.1–2.3, §3.3):
+# The data set-ups of the official ProtoVAE and Pantypes code (main.py and settings.py of
+# SrishtiGautam/ProtoVAE and RuneDK93/pantypes):
 # source, image size, encoder/decoder pair, latent size, batch, and CIFAR's augmentation
 # (horizontal flip and a 2-px padded crop; its ColorJitter() without arguments is a no-op).
 _VAE_DATA = {
@@ -18,7 +19,11 @@ _VAE_DATA = {
 
 
 def vae_config(method: str, dataset: str, *, prototypes_per_class: int, epochs: int) -> ConfigDict:
-    """A ProtoVAE or Pantypes config on one of `_VAE_DATA`'s set-ups; inputs in [-1, 1]."""
+    """A ProtoVAE or Pantypes config on one of `_VAE_DATA`'s set-ups; inputs in [-1, 1].
+
+    The official set-ups train on the whole training split and keep each epoch's last partial
+    batch (a DataLoader without drop_last, main.py); the digits set-up keeps its validation
+    split."""
     source, image_size, arch, latent_dim, batch_size = _VAE_DATA[dataset]
     config = base_config(method)
     config.data.name = source
@@ -28,6 +33,9 @@ def vae_config(method: str, dataset: str, *, prototypes_per_class: int, epochs: 
     if dataset == "cifar":
         config.data.augment.hflip = True
         config.data.augment.crop_padding = 2
+    if dataset != "digits":
+        config.data.val_fraction = 0.0
+        config.data.drop_last = False
     if dataset == "digits":
         # Not an official set-up: 1,293 upsampled 8×8 images overfit without it (test
         # accuracy 0.94 after 15 epochs unaugmented, 0.97–0.99 with it).
@@ -42,10 +50,10 @@ def vae_config(method: str, dataset: str, *, prototypes_per_class: int, epochs: 
 
 
 def protopnet_fine_grained_config(source: str) -> ConfigDict:
-    """ProtoPNet at 224 px with ResNet-34 as the official CUB code runs it (METHODS.md §1):
+    """ProtoPNet at 224 px with ResNet-34 as the official CUB code runs it (cfchen-duke/ProtoPNet):
     box-cropped images, anisotropic resize, ImageNet normalisation, batch 80/100/75, 10
-    prototypes of depth 256 per class, the official stages, and ×30 online augmentation passes
-    standing in for the official offline Augmentor copies."""
+    prototypes of depth 256 per class, the official stages, and ×30 online passes of the official
+    Augmentor mix (rotate, skew or shear, and a flip) standing in for its 30 offline copies."""
     config = base_config("protopnet")
     config.data.name = source
     config.data.crop_to_box = True
@@ -54,7 +62,7 @@ def protopnet_fine_grained_config(source: str) -> ConfigDict:
     config.data.eval_batch_size = 100
     config.data.normalization = "imagenet"
     config.data.val_split = "test"
-    config.data.augment.rotation_degrees = 15.0
+    config.data.augment.augmentor_mix = True
     config.data.augment.hflip = True
     config.model.backbone = "resnet34"
     config.model.backbone_weights = "weights/resnet34_imagenet.npz"

@@ -5,13 +5,14 @@ Runtime: about 9 hours on 2 CPU cores (from the benchmarked step rate); GPU not 
 Expected: test_accuracy close to ProtoVAE's 0.922.
 
 Latent size, prototypes, batch and epochs follow the official settings.py
-(METHODS.md §3.3); loss weights 1, 1, 1 and 1 for the volume term (orthonormality 0);
+(RuneDK93/pantypes); loss weights 1, 1, 1 and 1 for the volume term (orthonormality 0);
 inputs are in [-1, 1].
 
 Prepare the data once with
   python -m experiments.prepare_data --dataset=svhn_cropped [--data_dir=DIR]
-(with a DIR, train with --config.data.data_dir=DIR too). A stratified 10% of the training
-split is held out as validation (data.val_fraction).
+(with a DIR, train with --config.data.data_dir=DIR too). As the official code, the whole
+training split trains (data.val_fraction=0) and each epoch's last partial batch is kept
+(data.drop_last=False).
 """
 
 from experiments.configs.common import vae_config

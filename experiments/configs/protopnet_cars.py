@@ -4,7 +4,7 @@ Command: python -m experiments.train --config=protopnet_cars --config.data.data_
 Runtime: not measured (no GPU here); about 280k steps of batch 80; benchmarks/protopnet_cub_cpu.md
 Expected: not established for one ResNet-34 (paper: a 3-model ensemble, 91.4, unverified).
 
-The official CUB settings (METHODS.md §1; the official repo has none for Cars): batch 80
+The official CUB settings (cfchen-duke/ProtoPNet; the official repo has none for Cars): batch 80
 (train), 100 (test), 75 (push); 1,960 prototypes of depth 256 (as the ResNet-34 member of the
 official ensemble); regular add-on layers; warm 5, push from epoch 10 every 10 epochs, 20
 last-layer epochs after each push; Adam lrs and StepLR(5, 0.1) from settings.py; ImageNet
@@ -12,10 +12,12 @@ normalisation and an anisotropic resize to 224×224.
 
 Differences from the official data, to know when comparing: the TFDS images are cropped to the
 car's box (data.crop_to_box), as the official preprocessing does, but the official ×30 offline
-Augmentor copy (rotation ±15°, skew, shear, flips) is replaced by online rotation ±15° and
-flips, with one ProtoPNet epoch = 30 passes (model.passes_per_epoch) so that every stage keeps
-its official number of steps. The test split is evaluated once per ProtoPNet epoch as the
-official code does (it is data.val_split; nothing is selected on it).
+Augmentor copies (img_aug.py: a third rotated ±15°, a third skewed, a third sheared ±10°, each
+flipped at random) are drawn online instead (data.augment.augmentor_mix and hflip), with one
+ProtoPNet epoch = 30 passes (model.passes_per_epoch) so that every stage keeps its official
+number of steps; the originals are trained on only through these copies, as officially. The
+test split is evaluated once per ProtoPNet epoch as the official code does (it is
+data.val_split; nothing is selected on it).
 
 Without the converted weights file the run stops and names the conversion command; pass
 --config.model.allow_random_init=true to train from scratch.

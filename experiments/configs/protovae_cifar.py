@@ -5,15 +5,16 @@ Runtime: about 12 hours on 2 CPU cores (benchmarks/protovae_cifar_cpu.md); GPU n
 Expected: test_accuracy ≈ 0.846 (paper 84.6).
 
 Latent size, prototypes, batch, epochs and Adam 1e-3 follow the official settings.py
-(METHODS.md §2.2); inputs are in [-1, 1].
+(SrishtiGautam/ProtoVAE); inputs are in [-1, 1].
 
 Augmentation as the official code: horizontal flip and a random crop after 2 px of
 padding, without colour jitter (the official ColorJitter() has no arguments: a no-op).
 
 Prepare the data once with
   python -m experiments.prepare_data --dataset=cifar10 [--data_dir=DIR]
-(with a DIR, train with --config.data.data_dir=DIR too). A stratified 10% of the training
-split is held out as validation (data.val_fraction).
+(with a DIR, train with --config.data.data_dir=DIR too). As the official code, the whole
+training split trains (data.val_fraction=0) and each epoch's last partial batch is kept
+(data.drop_last=False).
 """
 
 from experiments.configs.common import vae_config

@@ -5,12 +5,13 @@ Runtime: about 1 hour on 2 CPU cores (from the benchmarked step rate); GPU not m
 Expected: test_accuracy ≈ 0.919 (paper 91.9).
 
 Latent size, prototypes, batch, epochs and Adam 1e-3 follow the official settings.py
-(METHODS.md §2.2); inputs are in [-1, 1].
+(SrishtiGautam/ProtoVAE); inputs are in [-1, 1].
 
 Prepare the data once with
   python -m experiments.prepare_data --dataset=fashion_mnist [--data_dir=DIR]
-(with a DIR, train with --config.data.data_dir=DIR too). A stratified 10% of the training
-split is held out as validation (data.val_fraction).
+(with a DIR, train with --config.data.data_dir=DIR too). As the official code, the whole
+training split trains (data.val_fraction=0) and each epoch's last partial batch is kept
+(data.drop_last=False).
 """
 
 from experiments.configs.common import vae_config

@@ -7,6 +7,7 @@ tensorflow_datasets are imported lazily, only by the functions that need them.
 
 from __future__ import annotations
 
+from protojax import config as config_lib
 from protojax.config import ConfigDict
 from protojax.data.base import ArraySplit, Dataset, Split, stratified_split
 from protojax.errors import UsageError
@@ -29,13 +30,18 @@ def default_config() -> ConfigDict:
             "image_size": 0,
             # The global batch: it never depends on the device count.
             "batch_size": 64,
+            # Drop each epoch's last partial training batch; off: keep it, padded to the full
+            # batch with rows whose `valid` is false (as the official ProtoVAE code keeps it).
+            "drop_last": True,
             "eval_batch_size": 256,
-            # none: [0, 1]; symmetric: [-1, 1]; imagenet: (x - mean) / std per channel.
+            # none: [0, 1]; symmetric: [-1, 1]; imagenet, cifar10: (x - mean) / std per channel.
             "normalization": "none",
             # TFDS slicing syntax. An empty val_split takes a stratified val_fraction of train.
             "train_split": "train",
             "val_split": "",
             "test_split": "test",
+            # 0: no `val` split; the whole training split trains (nothing is selected on val
+            # in any case: the final parameters are the ones reported).
             "val_fraction": 0.1,
             # Held out of train as test where a source has none (folder without test/, a
             # TFDS dataset with only a train split).
@@ -49,6 +55,9 @@ def default_config() -> ConfigDict:
                 "crop_padding": 0,  # random crop after zero padding by this many pixels
                 "hflip": False,
                 "rotation_degrees": 0.0,  # uniform in [-r, r]
+                # ProtoPNet's official offline Augmentor copies, online: per example a third
+                # rotated ±15° (zoomed to fill), a third skewed (0.2), a third sheared ±10°.
+                "augmentor_mix": False,
                 "color_jitter": 0.0,  # brightness/contrast/saturation strength
             },
             "shapes": {
@@ -68,6 +77,34 @@ def default_config() -> ConfigDict:
             },
         }
     )
+
+
+# The ranges of `config.data` (see `protojax.config.validate`), checked before a run starts.
+CONFIG_RULES = (
+    config_lib.at_least("data.image_size", 0),
+    config_lib.at_least("data.batch_size", 1),
+    config_lib.at_least("data.eval_batch_size", 1),
+    config_lib.one_of("data.normalization", ("none", "symmetric", "imagenet", "cifar10")),
+    config_lib.Rule(
+        "data.val_fraction",
+        lambda value: 0 <= value < 1,
+        "a number from 0 (no validation split) up to, not including, 1",
+    ),
+    config_lib.between("data.test_fraction", 0, 1),
+    config_lib.at_least("data.num_workers", 0),
+    config_lib.at_least("data.augment.crop_padding", 0),
+    config_lib.at_least("data.augment.rotation_degrees", 0, "a number"),
+    config_lib.at_least("data.augment.color_jitter", 0, "a number"),
+    config_lib.at_least("data.shapes.num_train", 1),
+    config_lib.at_least("data.shapes.num_val", 1),
+    config_lib.at_least("data.shapes.num_test", 1),
+    config_lib.Rule(
+        "data.shapes.num_classes", lambda value: 1 <= value <= 6, "an integer from 1 to 6"
+    ),
+    config_lib.at_least("data.shapes.num_distractors", 0),
+    config_lib.at_least("data.quickdraw.train_per_class", 1),
+    config_lib.at_least("data.quickdraw.test_per_class", 1),
+)
 
 
 def load_dataset(config: ConfigDict) -> Dataset:
@@ -97,6 +134,7 @@ def load_dataset(config: ConfigDict) -> Dataset:
 
 
 __all__ = [
+    "CONFIG_RULES",
     "ArraySplit",
     "Dataset",
     "SOURCES",

@@ -1,9 +1,10 @@
 """The random-access split and dataset types that every source returns.
 
-A split serves examples by index. `get_batch(indices)` returns the batch dict of DESIGN.md
-without the `valid` field: `image [n,H,W,C] float32` in [0, 1], `label [n] int32`,
-`index [n] int32`, and source-specific fields (`mask [n,H,W] bool`, `box [n,4] int32`, ...).
-Normalization and augmentation happen later, in the pipeline.
+A split serves examples by index. `get_batch(indices)` returns the batch dict of the method
+protocol (`protojax.train.protocol`) without the `valid` field: `image [n,H,W,C] float32` in
+[0, 1], `label [n] int32`, `index [n] int32`, and source-specific fields
+(`mask [n,H,W] bool`, `box [n,4] int32`, ...). Normalization and augmentation happen later,
+in the pipeline.
 """
 
 from __future__ import annotations
@@ -107,10 +108,15 @@ class Dataset:
 def stratified_split(
     labels: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Splits indices `[N]` into (keep, held_out) with `fraction` of each class held out."""
+    """Splits indices `[N]` into (keep, held_out) with `fraction` of each class held out.
+
+    A `fraction` of 0 holds nothing out: `held_out` is empty.
+    """
     from sklearn.model_selection import train_test_split
 
     indices = np.arange(len(labels))
+    if fraction == 0:
+        return indices, indices[:0]
     keep, held = train_test_split(
         indices, test_size=fraction, stratify=labels, random_state=seed, shuffle=True
     )

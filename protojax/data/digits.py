@@ -3,7 +3,8 @@
 Pixels are divided by 16 into [0, 1] and resized bilinearly to `image_size` (0: 28 px, as
 MNIST; 8 keeps the native size). The split is
 `train_test_split(test_size=0.2, stratify=y, random_state=0)` (1,437 train, 360 test), and a
-further stratified 10% of train forms `val` (1,293 train, 144 val).
+further stratified 10% of train forms `val` (1,293 train, 144 val); with `val_fraction=0`
+there is no `val` split.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ DEFAULT_SIZE = 28
 def load_digits(
     image_size: int = DEFAULT_SIZE, val_fraction: float = 0.1, seed: int = 0
 ) -> Dataset:
-    """The digits dataset with `train`, `val` and `test` splits, images `[N, S, S, 1]`."""
+    """The digits dataset with `train`, `val` (unless `val_fraction` is 0) and `test` splits,
+    images `[N, S, S, 1]`."""
     from sklearn.datasets import load_digits as sk_load_digits
     from sklearn.model_selection import train_test_split
 
@@ -56,10 +58,13 @@ def load_digits(
     def split(idx):
         return ArraySplit(images[idx], labels[idx])
 
+    splits = {"train": split(train_idx), "val": split(val_idx), "test": split(test_idx)}
+    if not val_fraction:
+        del splits["val"]
     return Dataset(
         name="digits",
         num_classes=10,
         class_names=tuple(str(d) for d in range(10)),
         image_shape=(size, size, 1),
-        splits={"train": split(train_idx), "val": split(val_idx), "test": split(test_idx)},
+        splits=splits,
     )

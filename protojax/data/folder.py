@@ -6,15 +6,19 @@ test split; where `val/` is missing, a stratified `data.val_fraction` of what re
 the validation split (both seeded by `data.split_seed`). Every class keeps at least one
 training image.
 
-Images are decoded lazily with Pillow, converted to RGB and resized to
-`data.image_size` × `data.image_size` bilinearly without keeping the aspect ratio, as
-ProtoPNet's `Resize((224, 224))` does. With `data.image_size = 0` every image is resized to
-the size of the first training image. A relative PATH is taken under `data.data_dir` when that
-is set.
+Images are decoded lazily with Pillow, converted to RGB (from grayscale, palette, RGBA, ...;
+an alpha channel is dropped) and resized to `data.image_size` × `data.image_size` bilinearly
+without keeping the aspect ratio, as ProtoPNet's `Resize((224, 224))` does. With
+`data.image_size = 0` the side is that of the first training image, which must then be
+square (otherwise loading stops and asks for a `data.image_size`). Loading reads every
+image's header once and logs how many images will be converted or resized. A relative PATH
+is taken under `data.data_dir` when that is set.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +28,8 @@ from protojax.data.base import Dataset, Split, stratified_split
 from protojax.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+log = logging.getLogger("protojax")
 
 
 def resolve_path(path: str, data_dir: str) -> Path:
@@ -46,6 +52,14 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return resized[..., None] if channels == 1 else resized
 
 
+def _unreadable(path: Path, error: Exception) -> DataError:
+    # Pillow reports damaged files with many types: OSError, SyntaxError ("broken PNG
+    # file"), ValueError, struct.error, zlib.error, DecompressionBombError...
+    text = str(error).strip()
+    reason = text.splitlines()[0] if text else type(error).__name__
+    return DataError(f"Cannot read image {path} ({reason}); replace or remove it.")
+
+
 def _read_rgb(path: Path) -> np.ndarray:
     """The image at `path` as RGB uint8 `[h, w, 3]`; a DataError names an unreadable file."""
     from PIL import Image
@@ -54,11 +68,29 @@ def _read_rgb(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
     except Exception as error:
-        # Pillow reports damaged files with many types: OSError, SyntaxError ("broken PNG
-        # file"), ValueError, struct.error, zlib.error, DecompressionBombError...
-        text = str(error).strip()
-        reason = text.splitlines()[0] if text else type(error).__name__
-        raise DataError(f"Cannot read image {path} ({reason}); replace or remove it.") from error
+        raise _unreadable(path, error) from error
+
+
+def _header(path: Path) -> tuple[str, int, int]:
+    """(mode, height, width) from the image's header, without decoding it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.mode, image.height, image.width
+    except Exception as error:
+        raise _unreadable(path, error) from error
+
+
+def survey(paths: list[Path], height: int, width: int) -> tuple[collections.Counter, int]:
+    """(modes other than RGB with their counts, number of images not `height` × `width`)."""
+    converted, resized = collections.Counter(), 0
+    for path in paths:
+        mode, h, w = _header(path)
+        if mode != "RGB":
+            converted[mode] += 1
+        resized += (h, w) != (height, width)
+    return converted, resized
 
 
 class FolderSplit(Split):
@@ -156,7 +188,8 @@ def load_folder(config: ConfigDict) -> Dataset:
         `test_fraction` and `split_seed`.
 
     Returns:
-      A `Dataset` of RGB images `[S, S, 3]` with `train`, `val` and `test` splits.
+      A `Dataset` of RGB images `[S, S, 3]` with `train`, `val` and `test` splits (no `val`
+      without a val/ folder when `val_fraction` is 0).
     """
     root = resolve_path(config.name[len("folder:") :], config.data_dir)
     if not root.is_dir():
@@ -175,6 +208,8 @@ def load_folder(config: ConfigDict) -> Dataset:
         split_dir = root / what
         if split_dir.is_dir():
             splits[what] = _scan(split_dir, classes)
+        elif what == "val" and not fraction:
+            continue
         else:
             keep, held = _hold_out(
                 labels, fraction, config.split_seed, what=what, train_dir=train_dir
@@ -184,15 +219,40 @@ def load_folder(config: ConfigDict) -> Dataset:
     splits["train"] = (list(paths), labels)
 
     if config.image_size:
-        height = width = config.image_size
+        side = config.image_size
     else:
-        height, width = _read_rgb(splits["train"][0][0]).shape[:2]
+        first = splits["train"][0][0]
+        _, height, width = _header(first)
+        if height != width:
+            raise DataError(
+                f"data.image_size=0 takes the side of the first training image, but {first} is "
+                f"{height}×{width}, not square; set a square side, e.g. "
+                f"--config.data.image_size={max(height, width)}."
+            )
+        side = height
+    everything = [path for name in ("train", "val", "test") for path in splits[name][0]]
+    converted, resized = survey(everything, side, side)
+    if converted or resized:
+        modes = ", ".join(f"{count} {mode}" for mode, count in sorted(converted.items()))
+        log.info(
+            "%s: of %d images, %d are converted to RGB%s and %d resized to %d×%d.",
+            config.name,
+            len(everything),
+            sum(converted.values()),
+            f" ({modes})" if modes else "",
+            resized,
+            side,
+            side,
+        )
+    height = width = side
     return Dataset(
         name=config.name,
         num_classes=len(classes),
         class_names=tuple(classes),
         image_shape=(height, width, 3),
         splits={
-            name: FolderSplit(*splits[name], height, width) for name in ("train", "val", "test")
+            name: FolderSplit(*splits[name], height, width)
+            for name in ("train", "val", "test")
+            if name in splits
         },
     )

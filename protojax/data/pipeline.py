@@ -27,6 +27,8 @@ from protojax.errors import DataError, UsageError
 _STATS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "symmetric": ((0.5,), (0.5,)),
+    # FLINT's CIFAR-10 statistics (jayneelparekh/FLINT flint.py).
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)),
 }
 
 
@@ -35,7 +37,9 @@ def normalize(images: np.ndarray, mode: str) -> np.ndarray:
     if mode == "none":
         return images
     if mode not in _STATS:
-        raise UsageError(f"Unknown data.normalization '{mode}'; use none, symmetric or imagenet.")
+        raise UsageError(
+            f"Unknown data.normalization '{mode}'; use none, symmetric, imagenet or cifar10."
+        )
     mean, std = (np.asarray(v, np.float32) for v in _STATS[mode])
     return (images - mean) / std
 
@@ -94,7 +98,13 @@ def local_rows(global_batch: int, mesh: Mesh | None = None) -> np.ndarray:
 
 def _augment(batch: dict, *, seed: int, epoch: int, augment) -> dict:
     if augment is None or not any(
-        [augment.crop_padding, augment.hflip, augment.rotation_degrees, augment.color_jitter]
+        [
+            augment.crop_padding,
+            augment.hflip,
+            augment.rotation_degrees,
+            augment.get("augmentor_mix"),
+            augment.color_jitter,
+        ]
     ):
         return batch
     from protojax.data.augment import augment_batch
@@ -112,9 +122,10 @@ def _finish(batch: dict, normalization: str) -> dict:
     return batch
 
 
-def steps_per_epoch(split: Split, batch_size: int) -> int:
-    """Training steps per epoch: full batches only (the remainder is dropped)."""
-    steps = len(split) // batch_size
+def steps_per_epoch(split: Split, batch_size: int, *, drop_last: bool = True) -> int:
+    """Training steps per epoch: full batches only (the remainder is dropped), or with
+    `drop_last=False` one more for a partial last batch."""
+    steps = len(split) // batch_size if drop_last else -(-len(split) // batch_size)
     if steps == 0:
         raise DataError(
             f"The training split has {len(split)} examples, fewer than one batch of "
@@ -134,26 +145,32 @@ def train_batches(
     augment=None,
     num_workers: int = 2,
     mesh: Mesh | None = None,
+    drop_last: bool = True,
 ) -> Iterator[dict[str, np.ndarray]]:
     """This process's rows of the training batches of steps `[start_step, end_step)`, for
     `mesh` (see `local_rows`).
 
     Yields dicts with `image [b,H,W,C] float32`, `label [b] int32`, `index [b] int32`,
-    `valid [b] bool` (all true) and the source's extra fields, b = batch_size / processes.
+    `valid [b] bool` and the source's extra fields, b = batch_size / processes. With
+    `drop_last` (the default) an epoch is its full batches, every row valid; otherwise an
+    epoch's last, partial batch is kept and padded to the full size with copies of its first
+    example whose `valid` is false, so that shapes stay static.
     """
     import grain
 
     n = len(split)
-    per_epoch = steps_per_epoch(split, batch_size)
+    per_epoch = steps_per_epoch(split, batch_size, drop_last=drop_last)
     rows = local_rows(batch_size, mesh)
 
     def load(step: int) -> dict[str, np.ndarray]:
         epoch, position = divmod(step, per_epoch)
         order = epoch_permutation(seed, epoch, n)
-        indices = order[position * batch_size : (position + 1) * batch_size][rows]
-        batch = split.get_batch(indices)
+        chunk = order[position * batch_size : (position + 1) * batch_size]
+        valid = np.arange(batch_size) < len(chunk)
+        padded = np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[0])])
+        batch = split.get_batch(padded[rows])
         batch = _augment(batch, seed=seed, epoch=epoch, augment=augment)
-        batch["valid"] = np.ones(len(indices), bool)
+        batch["valid"] = valid[rows]
         return _finish(batch, normalization)
 
     if end_step <= start_step:

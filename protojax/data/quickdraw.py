@@ -93,7 +93,8 @@ def load_quickdraw(config: ConfigDict) -> Dataset:
         `split_seed` and `quickdraw.{train_per_class, test_per_class}`.
 
     Returns:
-      A `Dataset` of `[S, S, 1]` images with `train`, `val` and `test` splits.
+      A `Dataset` of `[S, S, 1]` images with `train`, `val` (none if `val_fraction` is 0) and
+      `test` splits.
     """
     root = resolve_path(config.name[len("quickdraw:") :], config.data_dir)
     if not root.is_dir():
@@ -132,7 +133,7 @@ def load_quickdraw(config: ConfigDict) -> Dataset:
         image_shape=(size, size, 1),
         splits={
             "train": split(train_labels[keep], train_rows[keep]),
-            "val": split(train_labels[held], train_rows[held]),
+            **({"val": split(train_labels[held], train_rows[held])} if len(held) else {}),
             "test": split(test_labels, test_rows),
         },
     )

@@ -346,7 +346,8 @@ def load_tfds(config: ConfigDict) -> Dataset:
         `test_fraction`, `split_seed` and `crop_to_box`.
 
     Returns:
-      A `Dataset` with `train`, `val` and `test` splits of `[H, W, C]` images.
+      A `Dataset` with `train`, `val` and `test` splits of `[H, W, C]` images (no `val` when
+      `val_split` is empty and `val_fraction` is 0: the whole training split trains).
     """
     name = config.name[len("tfds:") :]
     data_dir = config.data_dir or None
@@ -440,10 +441,9 @@ def _read(config: ConfigDict, builder, name: str, data_dir: str | None) -> Datas
                 f"Cannot hold out a stratified {config.val_fraction} of '{train_spec}' of TFDS "
                 f"dataset '{name}' as validation ({error}); set data.val_split instead."
             ) from error
-        splits = {
-            "train": TfdsSplit(train, keep, **split_args),
-            "val": TfdsSplit(train, held, **split_args),
-        }
+        splits = {"train": TfdsSplit(train, keep, **split_args)}
+        if config.val_fraction:
+            splits["val"] = TfdsSplit(train, held, **split_args)
     splits["test"] = TfdsSplit(open_split(test_spec), None, **split_args)
     label = features["label"]
     return Dataset(

@@ -1,6 +1,7 @@
 """RELAX (Wickstrøm et al. 2023): label-free explanations of representations, with uncertainty.
 
-Formulas and the official code's choices are in METHODS.md §7.1.
+Formulas and choices follow the official code, Wickstrom/RELAX
+(`src/relax_xai/relax.py`, `masking_functions.py`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """One file per method, and the registry that finds a method by name.
 
-`config.method` is a built-in name (`blackbox`, `protopnet`, `protovae`, `pantypes`) or the
+`config.method` is a built-in name (`blackbox`, `protopnet`, `protovae`, `pantypes`, `flint`) or the
 name of any importable module (`mypackage.my_sem`) that follows `MethodModule`; see
 examples/custom_method.py for a complete one.
 """
@@ -15,7 +15,7 @@ from protojax.data.base import Dataset
 from protojax.errors import UsageError
 from protojax.train.protocol import Method
 
-BUILTIN = ("blackbox", "protopnet", "protovae", "pantypes")
+BUILTIN = ("blackbox", "protopnet", "protovae", "pantypes", "flint")
 
 
 @runtime_checkable

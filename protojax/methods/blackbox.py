@@ -9,14 +9,25 @@ import jax.numpy as jnp
 
 from protojax.config import ConfigDict, compute_dtype
 from protojax.data.base import Dataset
-from protojax.methods.common import accuracy, class_logit, cross_entropy
+from protojax.methods.common import accuracy, class_logit, class_probability, cross_entropy
 from protojax.nn import backbone_by_name
+from protojax.nn.weights import load_backbone
 from protojax.train import optim
 from protojax.train.protocol import Method, Phase
 
 
 def default_model_config() -> ConfigDict:
-    return ConfigDict({"backbone": "small_cnn", "stem": "imagenet"})
+    return ConfigDict(
+        {
+            "backbone": "small_cnn",
+            "stem": "imagenet",
+            # A converted .npz (experiments/convert_weights.py) or a trained run's workdir,
+            # loaded into the backbone at the start of a fresh run; empty: from scratch.
+            "backbone_weights": "",
+            # Train from a random backbone when backbone_weights names a missing file.
+            "allow_random_init": False,
+        }
+    )
 
 
 def default_optim_config() -> ConfigDict:
@@ -85,6 +96,14 @@ class BlackBox(Method):
     def init(self, rng, batch):
         return dict(self.net.init(rng, batch["image"], train=False))
 
+    def load_pretrained(self, variables):
+        m = self.config.model
+        if not m.backbone_weights:
+            return variables
+        return load_backbone(
+            variables, m.backbone_weights, arch=m.backbone, allow_random_init=m.allow_random_init
+        )
+
     def loss(self, params, state, batch, rng, phase):
         del rng
         (logits, _), updates = self.net.apply(
@@ -120,10 +139,13 @@ class BlackBox(Method):
         return [Phase("train", epochs, "sgd" if o.kind == "sgd" else "adam", ((".*", tx),))]
 
     def targets(self, variables):
-        """`class_logit(images, classes)`; `features(images) -> [B,h,w,c]` and
-        `head(feature_map, classes)` for Grad-CAM."""
+        """`class_logit(images, classes)`, `class_probability(images, classes)`,
+        `embedding(images) -> [B, d]` (the pooled features); `features(images) -> [B,h,w,c]`
+        and `head(feature_map, classes)` for Grad-CAM."""
         return {
             "class_logit": jax.tree_util.Partial(self._class_logit, variables),
+            "class_probability": jax.tree_util.Partial(class_probability, self.predict, variables),
+            "embedding": jax.tree_util.Partial(self.embed, variables),
             "features": jax.tree_util.Partial(self._features, variables),
             "head": jax.tree_util.Partial(self._head, variables),
         }

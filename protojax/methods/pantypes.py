@@ -2,10 +2,12 @@
 term is volumetric.
 
 The module, the KL, the reconstruction, the classifier and the optimizer are ProtoVAE's
-(`protojax.methods.protovae`); only the loss weights differ: orthonormality 0 and the inverse
-volume (1/K) Σ_k 1/√det(c·P_k P_kᵀ) of each class's uncentred prototypes 1 (METHODS.md §3.1).
-Minimising it makes each class's prototypes span a large volume. The orthonormality term is
-still logged (`orthonormality` in metrics.jsonl), as the official code logs it.
+(`protojax.methods.protovae`); Pantypes overrides ProtoVAE's diversity hook with the inverse
+volume (1/K) Σ_k 1/√det(c·P_k P_kᵀ) of each class's uncentred prototypes
+(`model.py::volume_loss` of RuneDK93/pantypes), weight 1, and sets orthonormality's weight to
+0 (`c` is `model.volume_scale`). Minimising it makes each class's prototypes span a large
+volume, so a class may have at most `latent_dim` prototypes. The orthonormality term is still
+logged (`orthonormality` in metrics.jsonl), as the official code logs it.
 
 After every epoch, one ordered pass over the training set (inference mode, z = μ) assigns every
 sample to its most similar active prototype and logs (a metrics.jsonl event):
@@ -21,13 +23,22 @@ sample to its most similar active prototype and logs (a metrics.jsonl event):
 - `prototype_log_volume`: mean over classes of ½·logdet(P_k P_kᵀ) of the active prototypes.
 
 The official code collects these from the training epoch's own batches (BatchNorm in train
-mode); a separate pass in inference mode makes them deterministic.
+mode); a separate pass in inference mode makes them deterministic. With
+`model.usage_from=training_batches` the out-of-distribution judgement follows the official
+code: every training step counts, in train mode, each prototype's valid rows that find it
+most similar (`prototype_state/usage_counts`, reset after each epoch).
 
 With `model.eliminate_at_epoch = E > 0`, the out-of-distribution prototypes are eliminated
-after epoch E: their `active` flag is cleared (shapes stay static), so they leave the logits,
-the KL, the volume and orthonormality terms and the diagnostics, and `mask_updates` freezes
-them. A class never loses its last active prototype: if all of them are out of distribution,
-the one with the largest summed similarity to the class's samples stays.
+after E epochs (counted from 1: the official `if epoch == 120` is 0-based, so it is E = 121):
+their `active` flag is cleared (shapes stay static), so they leave the logits, the KL, the
+volume and orthonormality terms and the diagnostics, and `mask_updates` freezes them. A class
+never loses its last active prototype: if all of them are out of distribution, the one with
+the largest summed similarity to the class's samples stays. Adam's moments are kept; with
+`model.reset_optimizer=True` the remaining epochs run on a fresh Adam (every moment and the
+step count restart). The official code restarts only those of the prototypes and the last
+layer, whose parameters it re-creates (`main.py:333-356`).
+
+Every departure from the official code is listed in docs/fidelity.md.
 """
 
 from __future__ import annotations
@@ -42,8 +53,11 @@ import numpy as np
 from protojax.config import ConfigDict
 from protojax.data import pipeline
 from protojax.data.base import Dataset
+from protojax.errors import UsageError
+from protojax.explain.figures import pca_2d
 from protojax.methods import protovae
-from protojax.methods.protovae import ProtoVAE, ProtoVAENet
+from protojax.methods.protovae import ProtoVAE, own_explanation
+from protojax.prototypes import layer
 from protojax.prototypes.diversity import (
     coverage,
     coverage_sample,
@@ -58,10 +72,23 @@ def default_model_config() -> ConfigDict:
     config = protovae.default_model_config()
     config.loss_weights.orthonormality = 0.0
     config.loss_weights.inverse_volume = 1.0
-    # Eliminate out-of-distribution prototypes after this epoch; 0 never does.
+    # c in 1/√det(c·P_k P_kᵀ).
+    config.volume_scale = 1.0
+    # Eliminate out-of-distribution prototypes after this many epochs, counted from 1 (the
+    # official `if epoch == 120` counts from 0: it is 121 here); 0 never does.
     config.eliminate_at_epoch = 0
+    # Restart Adam (all moments and the step count) after the elimination; False keeps them.
+    config.reset_optimizer = False
+    # Which similarities judge a prototype unused: inference_pass (one ordered pass in
+    # inference mode after the epoch) or training_batches (the epoch's own training steps,
+    # BatchNorm in train mode, as the official code does).
+    config.usage_from = "inference_pass"
     return config
 
+
+USAGE_SOURCES = ("inference_pass", "training_batches")
+# The optimizer of the epochs after an elimination with model.reset_optimizer.
+RESET_OPTIMIZER = "adam_after_elimination"
 
 default_optim_config = protovae.default_optim_config
 _davies_bouldin = jax.jit(davies_bouldin)
@@ -93,9 +120,8 @@ class Diagnostics(NamedTuple):
 def class_coverage(latents: np.ndarray, sample: np.ndarray) -> float:
     """Coverage of one class: the hull of its `sample [n]` points over the hull of all its
     `latents [n, d]`, both on the class's first two principal components."""
-    centred = latents - latents.mean(axis=0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    points = centred @ vt[:2].T
+    mean, to_2d = pca_2d(latents)
+    points = (latents - mean) @ to_2d
     return coverage(points, points[sample])
 
 
@@ -122,43 +148,96 @@ class Pantypes(ProtoVAE):
     name = "pantypes"
 
     def __init__(self, config: ConfigDict, dataset: Dataset):
+        model = config.model
+        if model.prototypes_per_class > model.latent_dim:
+            raise UsageError(
+                f"model.prototypes_per_class={model.prototypes_per_class} prototypes span at "
+                f"most model.latent_dim={model.latent_dim} dimensions, so their volume is 0; "
+                "use at most latent_dim prototypes per class."
+            )
         super().__init__(config, dataset)
-        self.eliminate_at_epoch = config.model.eliminate_at_epoch
+        self.eliminate_at_epoch = model.eliminate_at_epoch
+        self.reset_optimizer = model.reset_optimizer
+        if self.reset_optimizer and not self.eliminate_at_epoch:
+            raise UsageError(
+                "model.reset_optimizer restarts Adam at the elimination; set "
+                "model.eliminate_at_epoch too."
+            )
+        if model.usage_from not in USAGE_SOURCES:
+            raise UsageError(
+                f"Unknown model.usage_from '{model.usage_from}'; use one of "
+                f"{', '.join(USAGE_SOURCES)}."
+            )
+        self.count_in_training = model.usage_from == "training_batches"
+
+    @staticmethod
+    def default_model_config() -> ConfigDict:
+        return default_model_config()
+
+    def diversity_terms(self, grouped, active):
+        """ProtoVAE's orthonormality (logged) and, when weighted, the inverse volume. The
+        inverse volume can overflow float32 for nearly singular prototypes, which would stop
+        a run over a diagnostic, so it is computed only when it enters the loss."""
+        terms = super().diversity_terms(grouped, active)
+        if "inverse_volume" in self.loss_weights:
+            scale = self.config.model.volume_scale
+            terms["inverse_volume"] = inverse_volume_loss(grouped, active=active, scale=scale)
+        return terms
+
+    def init(self, rng, batch):
+        variables = super().init(rng, batch)
+        if self.count_in_training:
+            state = variables["prototype_state"]
+            counts = jnp.zeros(state["active"].shape, jnp.int32)
+            variables["prototype_state"] = {**state, "usage_counts": counts}
+        return variables
+
+    def loss_terms(self, params, state, batch, rng, phase):
+        terms, outputs, new_state = super().loss_terms(params, state, batch, rng, phase)
+        if self.count_in_training:
+            prototype_state = new_state["prototype_state"]
+            similar = jnp.where(prototype_state["active"], outputs.similarities, -jnp.inf)
+            nearest = jnp.argmax(similar, axis=1)
+            counts = (
+                prototype_state["usage_counts"].at[nearest].add(batch["valid"].astype(jnp.int32))
+            )
+            prototype_state = {**prototype_state, "usage_counts": counts}
+            new_state = {**new_state, "prototype_state": prototype_state}
+        return terms, outputs, new_state
 
     def phases(self, config):
         (phase,) = super().phases(config)
-        return [
-            Phase(
+
+        def train(epochs, optimizer):
+            return Phase(
                 phase.name,
-                phase.epochs,
-                phase.optimizer,
+                epochs,
+                optimizer,
                 phase.trainable,
                 frozen=phase.frozen,
                 after_epoch=self.after_epoch,
             )
-        ]
+
+        split = self.eliminate_at_epoch
+        if self.reset_optimizer and 0 < split < phase.epochs:
+            # A new optimizer name starts from a fresh state.
+            return [train(split, phase.optimizer), train(phase.epochs - split, RESET_OPTIMIZER)]
+        return [train(phase.epochs, phase.optimizer)]
 
     @functools.cached_property
     def _latents_and_similarities(self):
-        def forward(variables, images):
-            mu, similarities, _ = self.net.apply(variables, images, method=ProtoVAENet.infer)
-            return mu, similarities
+        def forward(variables, batch):
+            mu, similarities, _ = self._infer(variables, batch["image"])
+            return {"mu": mu, "similarities": similarities, "label": batch["label"]}
 
         return jax.jit(forward)
 
     def diagnostics(self, variables, ctx) -> Diagnostics:
         """One ordered pass over the training split; see `Diagnostics`."""
-        latents, similarities, labels = [], [], []
-        for batch in ctx.ordered_batches("train"):
-            valid = ctx.host(batch["valid"])
-            mu, sims = self._latents_and_similarities(variables, batch["image"])
-            latents.append(ctx.host(mu)[valid])
-            similarities.append(ctx.host(sims)[valid])
-            labels.append(ctx.host(batch["label"])[valid])
-        latents, similarities = np.concatenate(latents), np.concatenate(similarities)
-        labels = np.concatenate(labels)
-        owner = np.asarray(variables["prototype_state"]["prototype_class"])
-        active = np.asarray(variables["prototype_state"]["active"])
+        rows = ctx.collect(functools.partial(self._latents_and_similarities, variables), "train")
+        latents, similarities, labels = rows["mu"], rows["similarities"], rows["label"]
+        owner = np.asarray(variables[layer.STATE]["prototype_class"])
+        active = np.asarray(variables[layer.STATE]["active"])
 
         usage = prototype_usage(similarities, owner, active=active)
         grouped, grouped_active = self.grouped(variables)
@@ -185,12 +264,30 @@ class Pantypes(ProtoVAE):
 
     def after_epoch(self, variables, ctx):
         """Logs the diagnostics (one event); at epoch `model.eliminate_at_epoch`, eliminates
-        the out-of-distribution prototypes and logs their indices as `eliminated_prototypes`."""
+        the out-of-distribution prototypes and logs their indices as `eliminated_prototypes`.
+        With `model.usage_from=training_batches` the epoch's training counts judge them, and
+        are reset."""
         stats = self.diagnostics(variables, ctx)
         epoch = ctx.step // pipeline.steps_per_epoch(
-            ctx.dataset.split("train"), ctx.config.data.batch_size
+            ctx.dataset.split("train"),
+            ctx.config.data.batch_size,
+            drop_last=ctx.config.data.drop_last,
         )
         active = np.asarray(variables["prototype_state"]["active"])
+        if self.count_in_training:
+            prototype_state = variables["prototype_state"]
+            counts = np.asarray(prototype_state["usage_counts"])
+            owner = np.asarray(prototype_state["prototype_class"])
+            unused = active & (counts == 0)
+            stats = stats._replace(
+                counts=counts,
+                out_of_distribution=unused,
+                out_of_distribution_per_class=np.bincount(
+                    owner[unused], minlength=self.num_classes
+                ),
+            )
+            zeros = jnp.zeros_like(prototype_state["usage_counts"])
+            variables = {**variables, "prototype_state": {**prototype_state, "usage_counts": zeros}}
         event = {
             "epoch": epoch,
             "active_prototypes": int(active.sum()),
@@ -205,8 +302,7 @@ class Pantypes(ProtoVAE):
             eliminated = np.flatnonzero(active & ~new_active).tolist()
             event["eliminated_prototypes"] = eliminated
             ctx.record("eliminated_prototypes", eliminated)
-            state = {**variables["prototype_state"], "active": jnp.asarray(new_active)}
-            variables = {**variables, "prototype_state": state}
+            variables = layer.with_active(variables, new_active)
         ctx.log(**event)
         return variables
 
@@ -226,4 +322,5 @@ __all__ = [
     "class_coverage",
     "eliminate",
     "inverse_volume_loss",
+    "own_explanation",
 ]

@@ -5,7 +5,8 @@ squared L2 distance from every latent patch to each of P = K·M class-owned prot
 minimum over patches → similarity log((d + 1) / (d + ε)) → a bias-free last layer initialised
 to 1 for a prototype's own class and −0.5 for the others.
 
-Loss: CE + 0.8·cluster − 0.08·separation + 1e-4·L1 on the wrong-class weights.
+Loss: CE + 0.8·cluster − 0.08·separation + 1e-4·L1 on the wrong-class weights (the costs
+are shared kernels, `protojax.prototypes.costs`, re-exported here).
 
 Stages (the official `main.py`), counted in ProtoPNet epochs (`config.train.epochs` of them):
 - epochs `< warm_epochs`: warm-up, add-ons and prototypes only (Adam, own state);
@@ -24,58 +25,70 @@ the last layer is frozen until the first push (it is in neither the warm nor the
 optimizer), Adam's weight decay is coupled L2 (torch.optim), and BatchNorm statistics keep
 updating in the warm and last-layer stages (the official code trains in `train()` mode).
 
-Prototype counts never change shape: pruning flips `prototype_state/active`, masks the
-prototype out of the logits and freezes its last-layer row and vector (`mask_updates`).
+The prototypes, their last layer and `prototype_state` are the shared prototype layer
+(`protojax.prototypes.layer`): the official initialisation, classification at HIGHEST
+precision, and `prototype_state` kept outside Flax with the push bookkeeping. Prototype counts
+never change shape: pruning flips `prototype_state/active`, masks the prototype out of the
+logits and freezes its last-layer row and vector (`mask_updates`).
 
 summary.json gets `test_accuracy_before_push` and `test_accuracy_after_push` of the first
 push, `push_history` with both for every push (also logged as `push` events), and, after
 pruning, `pruned_prototypes` and the test accuracies before and after it. Each push writes
 its prototypes' images and an `index.json` under `figures/prototypes/push_NN/`.
+
+Every departure from the official code is listed in docs/fidelity.md.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import math
 import pathlib
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from protojax.config import ConfigDict, compute_dtype
 from protojax.data.base import Dataset
 from protojax.errors import UsageError
-from protojax.imaging import crop, draw_box, overlay_heatmap, save_png, to_rgb
+from protojax.explain.prototypes import (
+    Explained,
+    prototype_sources,
+    save_prototype_pngs,
+    self_activation_maps,
+    write_this_looks_like_that,
+)
+from protojax.explain.prp import protopnet_relevance, prp_score
 from protojax.methods.common import (
     accuracy,
     class_logit,
+    class_probability,
     cross_entropy,
-    load_backbone,
-    masked_mean,
 )
 from protojax.nn import backbone_by_name, feature_channels
+from protojax.nn.add_on import AddOnLayers, add_on_widths
 from protojax.nn.receptive_field import receptive_field_boxes
-from protojax.prototypes import log_similarity, min_over_patches, squared_l2_distances
+from protojax.nn.weights import load_backbone
+from protojax.prototypes import layer, log_similarity, min_over_patches, squared_l2_distances
+from protojax.prototypes.costs import (
+    average_separation,
+    cluster_cost,
+    l1_wrong_class,
+    separation_cost,
+)
 from protojax.prototypes.projection import (
     NearestState,
     ProjectionState,
-    high_activation_box,
-    nearest_init,
-    nearest_update,
-    projection_init,
-    projection_update,
-    upsample_activation,
+    nearest_images,
+    project,
 )
 from protojax.train import optim
 from protojax.train.protocol import Method, Phase
 
-ADD_ON_KINDS = ("regular", "bottleneck")
 PROTOTYPE_IMAGES = "prototypes"
-PNG_MIN_SIDE = 96  # prototype PNGs of smaller images are enlarged to about this side
 
 
 def default_model_config() -> ConfigDict:
@@ -135,168 +148,6 @@ def default_optim_config() -> ConfigDict:
     )
 
 
-# --------------------------------------------------------------------------------------
-# Loss pieces
-# --------------------------------------------------------------------------------------
-
-
-def _class_masks(labels, prototype_class, active):
-    """`[B, P]` bool masks of the active prototypes of each row's class and of the others."""
-    own = labels[:, None] == prototype_class[None, :]
-    on = jnp.ones_like(prototype_class, bool) if active is None else active.astype(bool)
-    return own & on[None, :], ~own & on[None, :]
-
-
-def _masked_min_mean(min_distances, mask, valid):
-    per_row = jnp.min(jnp.where(mask, min_distances, jnp.inf), axis=1)
-    has = jnp.any(mask, axis=1)
-    rows = has if valid is None else has & valid
-    return masked_mean(jnp.where(has, per_row, 0.0), rows)
-
-
-def cluster_cost(
-    min_distances: jax.Array,
-    labels: jax.Array,
-    prototype_class: jax.Array,
-    active: jax.Array | None = None,
-    *,
-    valid: jax.Array | None = None,
-) -> jax.Array:
-    """Mean over rows of the distance to the nearest active prototype of the row's class.
-
-    Args:
-      min_distances: `[B, P]` per-prototype minimum (over patches) squared distances.
-      labels: `[B]` int classes.
-      prototype_class: `[P]` int class of each prototype.
-      active: optional `[P]` bool; inactive prototypes are ignored.
-      valid: optional `[B]` bool; only valid rows are averaged. Rows whose class has no
-        active prototype are left out as well.
-
-    Returns:
-      A float32 scalar.
-    """
-    own, _ = _class_masks(labels, prototype_class, active)
-    return _masked_min_mean(min_distances.astype(jnp.float32), own, valid)
-
-
-def separation_cost(
-    min_distances: jax.Array,
-    labels: jax.Array,
-    prototype_class: jax.Array,
-    active: jax.Array | None = None,
-    *,
-    valid: jax.Array | None = None,
-) -> jax.Array:
-    """Mean over rows of the distance to the nearest active prototype of another class.
-
-    Positive; the total loss subtracts it (its coefficient is −0.08). Arguments as
-    `cluster_cost`.
-    """
-    _, other = _class_masks(labels, prototype_class, active)
-    return _masked_min_mean(min_distances.astype(jnp.float32), other, valid)
-
-
-def average_separation(
-    min_distances: jax.Array,
-    labels: jax.Array,
-    prototype_class: jax.Array,
-    active: jax.Array | None = None,
-    *,
-    valid: jax.Array | None = None,
-) -> jax.Array:
-    """Mean over rows of the mean distance to the active prototypes of other classes (logged,
-    not optimised). Arguments as `cluster_cost`."""
-    _, other = _class_masks(labels, prototype_class, active)
-    other = other.astype(jnp.float32)
-    count = jnp.sum(other, axis=1)
-    per_row = jnp.sum(min_distances.astype(jnp.float32) * other, axis=1) / jnp.maximum(count, 1)
-    rows = count > 0 if valid is None else (count > 0) & valid
-    return masked_mean(per_row, rows)
-
-
-def l1_wrong_class(
-    last_layer_kernel: jax.Array,
-    prototype_class: jax.Array,
-    active: jax.Array | None = None,
-) -> jax.Array:
-    """Sum of |w| over the last-layer weights joining a prototype to the other classes.
-
-    Args:
-      last_layer_kernel: `[P, K]`, as Flax stores the Dense kernel (torch's W transposed).
-      prototype_class: `[P]` int class of each prototype.
-      active: optional `[P]` bool; the rows of inactive prototypes are ignored.
-
-    Returns:
-      A float32 scalar.
-    """
-    p, k = last_layer_kernel.shape
-    if prototype_class.shape != (p,):
-        raise ValueError(
-            f"last_layer_kernel is [P, K] = {last_layer_kernel.shape} but prototype_class has "
-            f"shape {prototype_class.shape}; pass one class per prototype (row)."
-        )
-    wrong = prototype_class[:, None] != jnp.arange(k)[None, :]
-    if active is not None:
-        wrong = wrong & active.astype(bool)[:, None]
-    return jnp.sum(jnp.abs(last_layer_kernel.astype(jnp.float32)) * wrong)
-
-
-# --------------------------------------------------------------------------------------
-# Module
-# --------------------------------------------------------------------------------------
-
-_ADD_ON_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def add_on_widths(kind: str, in_channels: int, dim: int) -> list[int]:
-    """Output widths of the add-on blocks (each conv1×1 → ReLU → conv1×1 → ReLU/sigmoid).
-
-    `regular` is one block of width `dim`; `bottleneck` halves the channels block by block
-    until `dim` is reached, as the official `add_on_layers_type='bottleneck'`.
-    """
-    if kind == "regular":
-        return [dim]
-    if kind != "bottleneck":
-        raise UsageError(
-            f"Unknown model.add_on_layers '{kind}'; use one of {', '.join(ADD_ON_KINDS)}."
-        )
-    widths, current = [], in_channels
-    while current > dim or not widths:
-        widths.append(max(dim, current // 2))
-        current //= 2
-    return widths
-
-
-class AddOnLayers(nn.Module):
-    """`[B, h, w, c]` → `[B, h, w, D]` in (0, 1): blocks of conv1×1 → ReLU → conv1×1 → ReLU,
-    the last block ending in a sigmoid. Kaiming-normal (fan-out, ReLU) kernels, zero biases."""
-
-    widths: tuple[int, ...]
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        index = 0
-        for block, width in enumerate(self.widths):
-            for position in range(2):
-                x = nn.Conv(
-                    width, (1, 1), kernel_init=_ADD_ON_INIT, dtype=self.dtype, name=f"conv{index}"
-                )(x)
-                index += 1
-                last = block == len(self.widths) - 1 and position == 1
-                x = nn.sigmoid(x) if last else nn.relu(x)
-        return x.astype(jnp.float32)
-
-
-def _last_layer_init(prototype_class: np.ndarray, incorrect: float):
-    def init(key, shape, dtype=jnp.float32):
-        del key
-        own = prototype_class[:, None] == np.arange(shape[1])[None, :]
-        return jnp.asarray(np.where(own, 1.0, incorrect), dtype)
-
-    return init
-
-
 class ProtoPNetModule(nn.Module):
     """Images `[B, H, W, C]` → (logits `[B, K]`, min distances `[B, P]`)."""
 
@@ -312,22 +163,23 @@ class ProtoPNetModule(nn.Module):
 
     def setup(self):
         num_prototypes = self.num_classes * self.prototypes_per_class
-        prototype_class = np.arange(num_prototypes) // self.prototypes_per_class
         widths = add_on_widths(self.add_on_kind, feature_channels(self.arch), self.prototype_dim)
         self.backbone = backbone_by_name(self.arch, stem=self.stem, dtype=self.dtype)
         self.add_on = AddOnLayers(tuple(widths), dtype=self.dtype)
         self.prototypes = self.param(
             "prototypes", nn.initializers.uniform(1.0), (num_prototypes, self.prototype_dim)
         )
-        self.last_layer = nn.Dense(
-            self.num_classes,
-            use_bias=False,
-            kernel_init=_last_layer_init(prototype_class, self.incorrect_class_connection),
+        self.last_layer = layer.LastLayer(
+            self.num_classes, self.prototypes_per_class, self.incorrect_class_connection
         )
 
     def latent(self, images: jax.Array, *, train: bool = False) -> jax.Array:
         """The add-on output z `[B, h, w, D]` float32."""
         return self.add_on(self.backbone(images, train=train))
+
+    def latent_logits(self, images: jax.Array) -> jax.Array:
+        """The add-on output before its sigmoid `[B, h, w, D]`, in inference mode."""
+        return self.add_on(self.backbone(images, train=False), logits=True)
 
     def distance_map(self, images: jax.Array, *, train: bool = False):
         """(z `[B, h, w, D]`, squared distances `[B, h, w, P]`)."""
@@ -336,8 +188,7 @@ class ProtoPNetModule(nn.Module):
 
     def classify(self, min_distances: jax.Array, active: jax.Array) -> jax.Array:
         """Logits `[B, K]` from min distances `[B, P]`; inactive prototypes contribute 0."""
-        similarity = log_similarity(min_distances, eps=self.epsilon)
-        return self.last_layer(similarity * active.astype(similarity.dtype))
+        return self.last_layer(log_similarity(min_distances, eps=self.epsilon), active)
 
     def head(self, feature_map: jax.Array, active: jax.Array) -> jax.Array:
         """Logits `[B, K]` from the backbone's map `[B, h, w, c]` (for Grad-CAM)."""
@@ -349,19 +200,6 @@ class ProtoPNetModule(nn.Module):
         _, distances = self.distance_map(images, train=train)
         min_distances, _ = min_over_patches(distances)
         return self.classify(min_distances, active), min_distances
-
-
-def initial_prototype_state(num_classes: int, prototypes_per_class: int) -> dict[str, jax.Array]:
-    """`prototype_state`: classes, active flags and push bookkeeping (none yet)."""
-    p = num_classes * prototypes_per_class
-    return {
-        "prototype_class": jnp.arange(p, dtype=jnp.int32) // prototypes_per_class,
-        "active": jnp.ones((p,), bool),
-        "source_index": jnp.full((p,), -1, jnp.int32),
-        "source_location": jnp.zeros((p, 2), jnp.int32),
-        # -1 until pushed (checkpoints refuse non-finite values).
-        "push_distance": jnp.full((p,), -1.0, jnp.float32),
-    }
 
 
 class Activations(NamedTuple):
@@ -418,11 +256,6 @@ def stage_plan(model: ConfigDict, epochs: int) -> list[Stage]:
     return stages
 
 
-# --------------------------------------------------------------------------------------
-# Method
-# --------------------------------------------------------------------------------------
-
-
 class ProtoPNet(Method):
     name = "protopnet"
 
@@ -452,18 +285,15 @@ class ProtoPNet(Method):
             dtype=compute_dtype(config),
         )
         self._latent_map = jax.jit(self._latent)
-        self._projection_step = jax.jit(self._projection_step_impl)
-        self._nearest_step = jax.jit(self._nearest_step_impl)
         self._activations = jax.jit(self._activations_impl)
-        self._apply_projection = jax.jit(self._apply_projection_impl)
         self._self_activations = jax.jit(self._self_activations_impl)
 
     # --- protocol ----------------------------------------------------------------------
     def init(self, rng, batch):
         active = jnp.ones((self.num_prototypes,), bool)
         variables = dict(self.net.init(rng, batch["image"], active, train=False))
-        variables["prototype_state"] = initial_prototype_state(
-            self.num_classes, self.prototypes_per_class
+        variables[layer.STATE] = layer.initial_prototype_state(
+            self.num_classes, self.prototypes_per_class, push=True
         )
         return variables
 
@@ -481,7 +311,7 @@ class ProtoPNet(Method):
         active = prototype_state["active"]
         train = phase.update_batch_stats
         (logits, min_distances), updates = self.net.apply(
-            {"params": params, **_model_collections(state)},
+            {"params": params, **layer.model_collections(state)},
             batch["image"],
             active,
             train=train,
@@ -509,23 +339,16 @@ class ProtoPNet(Method):
 
     def mask_updates(self, updates, state):
         """Freezes the last-layer row and the vector of every inactive (pruned) prototype."""
-        keep = state["prototype_state"]["active"][:, None]
-        last_layer = dict(updates["last_layer"])
-        last_layer["kernel"] = jnp.where(keep, last_layer["kernel"], 0.0)
-        return {
-            **updates,
-            "last_layer": last_layer,
-            "prototypes": jnp.where(keep, updates["prototypes"], 0.0),
-        }
+        return layer.mask_updates(updates, state[layer.STATE]["active"])
 
     def predict(self, variables, images):
         active = variables["prototype_state"]["active"]
-        return self.net.apply(_model_collections(variables), images, active)[0]
+        return self.net.apply(layer.model_collections(variables), images, active)[0]
 
     def embed(self, variables, images):
         """The prototype similarities `[B, P]`, the last layer's input."""
         active = variables["prototype_state"]["active"]
-        _, min_distances = self.net.apply(_model_collections(variables), images, active)
+        _, min_distances = self.net.apply(layer.model_collections(variables), images, active)
         return log_similarity(min_distances, eps=self.config.model.epsilon)
 
     def phases(self, config):
@@ -584,11 +407,24 @@ class ProtoPNet(Method):
         - `prototype_similarity_at(images, targets [B, 3])`: rows (j, h, w), prototype j's
           similarity at latent location (h, w);
         - `features(images) -> [B, h, w, c]` and `head(feature_map, classes)` for Grad-CAM;
-        - `latent(images) -> [B, h, w, D]`, the add-on output the prototypes live in.
+        - `latent(images) -> [B, h, w, D]`, the add-on output the prototypes live in;
+        - `class_probability(images, classes)`; `embedding(images) -> [B, P]`, the similarities;
+        - `prp(images, prototypes [B])`: `explain.prp.prp_score` of the patch-prototype
+          relevance, whose LRP (composite `prp`) is PRP.
         """
         partial = jax.tree_util.Partial
+        prp = partial(
+            prp_score,
+            partial(self._latent_logits, variables),
+            protopnet_relevance(
+                variables["params"]["prototypes"], epsilon=self.config.model.epsilon, sigmoid=True
+            ),
+        )
         return {
             "class_logit": partial(self._class_logit, variables),
+            "class_probability": partial(class_probability, self.predict, variables),
+            "embedding": partial(self.embed, variables),
+            "prp": prp,
             "prototype_similarity": partial(self._prototype_similarity, variables),
             "prototype_similarity_at": partial(self._prototype_similarity_at, variables),
             "features": partial(self._features, variables),
@@ -606,7 +442,7 @@ class ProtoPNet(Method):
 
     def _similarity_maps(self, variables, images):
         _, distances = self.net.apply(
-            _model_collections(variables), images, method=ProtoPNetModule.distance_map
+            layer.model_collections(variables), images, method=ProtoPNetModule.distance_map
         )
         return log_similarity(distances, eps=self.config.model.epsilon)  # [B, h, w, P]
 
@@ -623,22 +459,29 @@ class ProtoPNet(Method):
 
     def _features(self, variables, images):
         return self.net.apply(
-            _model_collections(variables), images, method=lambda net, x: net.backbone(x)
+            layer.model_collections(variables), images, method=lambda net, x: net.backbone(x)
         )
 
     def _head(self, variables, feature_map, classes):
         active = variables["prototype_state"]["active"]
         logits = self.net.apply(
-            _model_collections(variables), feature_map, active, method=ProtoPNetModule.head
+            layer.model_collections(variables), feature_map, active, method=ProtoPNetModule.head
         )
         return jnp.take_along_axis(logits, classes[:, None].astype(jnp.int32), axis=1)[:, 0]
 
+    def _latent_logits(self, variables, images):
+        return self.net.apply(
+            layer.model_collections(variables), images, method=ProtoPNetModule.latent_logits
+        )
+
     def _latent(self, variables, images):
-        return self.net.apply(_model_collections(variables), images, method=ProtoPNetModule.latent)
+        return self.net.apply(
+            layer.model_collections(variables), images, method=ProtoPNetModule.latent
+        )
 
     # --- analysis ----------------------------------------------------------------------
     def _activations_impl(self, variables, images):
-        collections = _model_collections(variables)
+        collections = layer.model_collections(variables)
         _, distances = self.net.apply(collections, images, method=ProtoPNetModule.distance_map)
         min_distances, _ = min_over_patches(distances)
         active = variables["prototype_state"]["active"]
@@ -661,50 +504,16 @@ class ProtoPNet(Method):
         return receptive_field_boxes(latent, self.image_shape, cache_key=key)
 
     # --- push --------------------------------------------------------------------------
-    def _projection_step_impl(self, variables, state: ProjectionState, latent, batch):
-        distances = squared_l2_distances(latent, variables["params"]["prototypes"])
-        return projection_update(
-            state,
-            latent,
-            distances,
-            labels=batch["label"],
-            indices=batch["index"],
-            valid=batch["valid"],
-            prototype_class=variables["prototype_state"]["prototype_class"],
+    def project(self, variables, ctx) -> ProjectionState:
+        """The nearest latent patch of each prototype's class over an ordered pass of the
+        training split; memory is that of one batch."""
+        size = self.pass_batch_size(ctx.mesh.devices.size)
+        return project(
+            functools.partial(self._latent_map, variables),
+            variables["params"]["prototypes"],
+            variables[layer.STATE]["prototype_class"],
+            functools.partial(ctx.reduce, split="train", batch_size=size),
         )
-
-    def project(self, variables, batches) -> ProjectionState:
-        """The nearest latent patch of each prototype's class over `batches` (an ordered pass
-        of the training split); memory is that of one batch."""
-        state = projection_init(self.num_prototypes, self.config.model.prototype_dim)
-        for batch in batches:
-            # The latent map is its own program, the `latent` target's, so that anyone can
-            # recompute the exact patch a prototype was given.
-            latent = self._latent_map(variables, batch["image"])
-            state = self._projection_step(variables, _replicated_like(state, batch), latent, batch)
-        return state
-
-    def apply_projection(self, variables, projection: ProjectionState):
-        """Variables whose active prototypes are replaced by their projected patches (a
-        prototype whose class has no training image keeps its vector); jitted."""
-        return self._apply_projection(variables, projection)
-
-    def _apply_projection_impl(self, variables, projection: ProjectionState):
-        prototype_state = variables["prototype_state"]
-        replace = prototype_state["active"] & jnp.isfinite(projection.distance)
-        params = dict(variables["params"])
-        params["prototypes"] = jnp.where(replace[:, None], projection.patch, params["prototypes"])
-        prototype_state = {
-            **prototype_state,
-            "source_index": jnp.where(replace, projection.index, prototype_state["source_index"]),
-            "source_location": jnp.where(
-                replace[:, None], projection.location, prototype_state["source_location"]
-            ),
-            "push_distance": jnp.where(
-                replace, projection.distance, prototype_state["push_distance"]
-            ),
-        }
-        return {**variables, "params": params, "prototype_state": prototype_state}
 
     def pass_batch_size(self, num_devices: int) -> int:
         """The batch of push and pruning passes: `model.push_batch_size` rounded up to a
@@ -717,9 +526,8 @@ class ProtoPNet(Method):
         history = list(ctx.records.get("push_history", []))
         has_test = "test" in ctx.dataset.splits
         before = ctx.evaluate(variables, "test") if has_test else None
-        size = self.pass_batch_size(ctx.mesh.devices.size)
-        projection = self.project(variables, ctx.ordered_batches("train", batch_size=size))
-        variables = self.apply_projection(variables, projection)
+        projection = self.project(variables, ctx)
+        variables = layer.apply_projection(variables, projection)
         after = ctx.evaluate(variables, "test") if has_test else None
         distances = np.asarray(projection.distance)
         found = np.isfinite(distances)  # false for classes without a training image
@@ -742,23 +550,19 @@ class ProtoPNet(Method):
         return variables
 
     # --- pruning -----------------------------------------------------------------------
-    def _nearest_step_impl(self, variables, state: NearestState, batch) -> NearestState:
-        active = variables["prototype_state"]["active"]
-        _, min_distances = self.net.apply(_model_collections(variables), batch["image"], active)
-        return nearest_update(
-            state,
-            min_distances,
-            labels=batch["label"],
-            indices=batch["index"],
-            valid=batch["valid"],
-        )
+    def _min_distances(self, variables, images):
+        active = variables[layer.STATE]["active"]
+        return self.net.apply(layer.model_collections(variables), images, active)[1]
 
-    def nearest_images(self, variables, batches, *, k: int) -> NearestState:
-        """The k nearest images (through their nearest patch) of every prototype."""
-        state = nearest_init(self.num_prototypes, k)
-        for batch in batches:
-            state = self._nearest_step(variables, _replicated_like(state, batch), batch)
-        return state
+    def nearest_images(self, variables, ctx, *, k: int) -> NearestState:
+        """The k nearest training images (through their nearest patch) of every prototype."""
+        size = self.pass_batch_size(ctx.mesh.devices.size)
+        return nearest_images(
+            jax.tree_util.Partial(self._min_distances, variables),
+            self.num_prototypes,
+            functools.partial(ctx.reduce, split="train", batch_size=size),
+            k=k,
+        )
 
     def prune(self, variables, ctx):
         """The `after` operation that switches off the prototypes with fewer than
@@ -767,21 +571,14 @@ class ProtoPNet(Method):
         prototype_state = variables["prototype_state"]
         has_test = "test" in ctx.dataset.splits
         before = ctx.evaluate(variables, "test") if has_test else None
-        nearest = self.nearest_images(
-            variables,
-            ctx.ordered_batches("train", batch_size=self.pass_batch_size(ctx.mesh.devices.size)),
-            k=settings.k,
-        )
+        nearest = self.nearest_images(variables, ctx, k=settings.k)
         own = np.sum(
             np.asarray(nearest.label) == np.asarray(prototype_state["prototype_class"])[:, None],
             axis=1,
         )
         active = np.asarray(prototype_state["active"])
         pruned = active & (own < settings.threshold)
-        variables = {
-            **variables,
-            "prototype_state": {**prototype_state, "active": jnp.asarray(active & ~pruned)},
-        }
+        variables = layer.with_active(variables, active & ~pruned)
         after = ctx.evaluate(variables, "test") if has_test else None
         ctx.record("pruned_prototypes", [int(j) for j in np.flatnonzero(pruned)])
         ctx.record("test_accuracy_before_prune", before)
@@ -796,69 +593,37 @@ class ProtoPNet(Method):
 
     # --- visual bookkeeping ------------------------------------------------------------
     def save_prototype_images(self, variables, ctx, directory: pathlib.Path) -> pathlib.Path:
-        """Writes, per pushed prototype, its source image with the receptive-field (blue) and
-        high-activation (yellow) boxes, the self-activation overlay, the high-activation
-        crop and the receptive-field crop, plus `index.json` describing them all (boxes in
-        image pixels; PNGs of images under 96 px are enlarged by an integer factor).
+        """Writes each pushed prototype's PNGs and `index.json`
+        (`explain.prototypes.save_prototype_pngs`); returns the index's path. The
+        self-activation is the pushed prototype's map on its source image (the official code
+        draws the map of the prototype before its replacement). Every process computes the
+        maps; only the main process writes."""
+        size = self.pass_batch_size(ctx.mesh.devices.size)
+        sources = self.prototype_sources(variables, ctx.dataset.split("train"), batch_size=size)
+        if not ctx.is_main:
+            return directory / "index.json"
+        return save_prototype_pngs(
+            directory,
+            sources,
+            jax.device_get(variables[layer.STATE]),
+            self.receptive_fields(variables),
+            class_names=self.class_names,
+            image_shape=list(self.image_shape),
+            step=ctx.step,
+        )
 
-        The similarity map is that of the pushed prototype on its source image, upsampled
-        bicubically (`upsample_activation`; cv2's bicubic kernel, used by the official code,
-        differs, so boxes may be a pixel off theirs), and the high-activation box bounds its
-        95th percentile (`high_activation_box`). The official code draws the map of the
-        prototype before its replacement; after push the two differ by the projection step.
-
-        Every process computes the maps (a jitted pass over the run's mesh, collective on
-        several hosts); only the main process writes.
-
-        Returns:
-          The path of `index.json`.
-        """
+    def prototype_sources(self, variables, train_split, *, batch_size: int):
+        """Every pushed prototype's source image, self-activation and 95th-percentile box
+        (`explain.prototypes.PrototypeSources`), read from the training split."""
         from protojax.data.pipeline import normalize
 
-        writing = ctx.is_main
-        if writing:
-            directory.mkdir(parents=True, exist_ok=True)
-        prototype_state = jax.device_get(variables["prototype_state"])
-        rf_boxes = self.receptive_fields(variables)
-        split = ctx.dataset.split("train")
-        pushed = np.flatnonzero(prototype_state["source_index"] >= 0)
-        entries = []
-        chunk = self.pass_batch_size(ctx.mesh.devices.size)
-        for start in range(0, len(pushed), chunk):
-            ids = pushed[start : start + chunk]
-            raw = split.get_batch(prototype_state["source_index"][ids])
-            images = normalize(raw["image"], self.config.data.normalization)
-            maps = np.asarray(self.self_activations(variables, images, ids))
-            if not writing:
-                continue
-            for row, j in enumerate(ids):
-                entries.append(
-                    self._write_prototype(
-                        directory,
-                        j,
-                        raw["image"][row],
-                        int(raw["label"][row]),
-                        maps[row],
-                        prototype_state,
-                        rf_boxes,
-                    )
-                )
-        index = directory / "index.json"
-        if not writing:
-            return index
-        index.write_text(
-            json.dumps(
-                {
-                    "image_shape": list(self.image_shape),
-                    "step": ctx.step,
-                    "class_names": list(self.class_names),
-                    "prototypes": entries,
-                },
-                indent=1,
-            )
-            + "\n"
+        return prototype_sources(
+            functools.partial(self.self_activations, variables),
+            train_split.get_batch,
+            functools.partial(normalize, mode=self.config.data.normalization),
+            np.asarray(variables[layer.STATE]["source_index"]),
+            batch_size=batch_size,
         )
-        return index
 
     def self_activations(self, variables, images, prototype_ids) -> jax.Array:
         """Similarity maps of prototypes `prototype_ids [n]` on `images [n, H, W, C]` (one
@@ -867,60 +632,37 @@ class ProtoPNet(Method):
 
     def _self_activations_impl(self, variables, images, prototype_ids):
         maps = self._activations_impl(variables, images).similarity_maps
-        ids = jnp.asarray(prototype_ids, jnp.int32)[:, None, None, None]
-        own = jnp.take_along_axis(maps, ids, axis=3)[..., 0]
-        size = tuple(images.shape[1:3])
-        return jax.vmap(lambda m: upsample_activation(m, size))(own)
-
-    def _write_prototype(self, directory, j, image, label, upsampled, prototype_state, rf_boxes):
-        h, w = (int(v) for v in prototype_state["source_location"][j])
-        activation_box = high_activation_box(upsampled)
-        rf_box = rf_boxes[h, w]
-        rgb = to_rgb(image)
-        names = {
-            "source": f"prototype_{j:04d}_source.png",
-            "overlay": f"prototype_{j:04d}_overlay.png",
-            "patch": f"prototype_{j:04d}_patch.png",
-            "receptive_field": f"prototype_{j:04d}_receptive_field.png",
-        }
-        # Small images are enlarged (nearest neighbour) so that box outlines stay thin.
-        scale = max(1, math.ceil(PNG_MIN_SIDE / min(rgb.shape[:2])))
-        big = lambda a: np.repeat(np.repeat(a, scale, axis=0), scale, axis=1)
-        boxed = draw_box(big(rgb), np.asarray(rf_box) * scale, (0.1, 0.4, 1.0))
-        boxed = draw_box(boxed, np.asarray(activation_box) * scale, (1.0, 0.9, 0.0))
-        save_png(directory / names["source"], boxed)
-        save_png(directory / names["overlay"], big(overlay_heatmap(rgb, upsampled)))
-        save_png(directory / names["patch"], big(crop(rgb, activation_box)))
-        save_png(directory / names["receptive_field"], big(crop(rgb, rf_box)))
-        cls = int(prototype_state["prototype_class"][j])
-        return {
-            "prototype": int(j),
-            "class": cls,
-            "class_name": self.class_names[cls],
-            "active": bool(prototype_state["active"][j]),
-            "source_index": int(prototype_state["source_index"][j]),
-            "source_label": label,
-            "location": [h, w],
-            "distance": float(prototype_state["push_distance"][j]),
-            "activation_box": [int(v) for v in activation_box],
-            "receptive_field_box": [int(v) for v in rf_box],
-            "files": names,
-        }
-
-
-def _replicated_like(carry, batch):
-    """The running carry replicated on the mesh of a sharded batch, so that every step of a
-    pass sees the same input shardings (and compiles once)."""
-    sharding = batch["label"].sharding
-    if not isinstance(sharding, NamedSharding):
-        return carry
-    return jax.device_put(carry, NamedSharding(sharding.mesh, PartitionSpec()))
-
-
-def _model_collections(variables: dict[str, Any]) -> dict[str, Any]:
-    """The collections the Flax module knows (everything but `prototype_state`)."""
-    return {k: v for k, v in variables.items() if k != "prototype_state"}
+        return self_activation_maps(maps, prototype_ids, tuple(images.shape[1:3]))
 
 
 def build(config: ConfigDict, dataset: Dataset) -> ProtoPNet:
     return ProtoPNet(config, dataset)
+
+
+def own_explanation(method, variables, config, dataset, *, split, indices, out):
+    """The explain launcher's hook: "this looks like that" for images `indices` of `split`
+    and the class galleries (`explain.prototypes.write_this_looks_like_that`)."""
+    from protojax.data.pipeline import normalize
+
+    state = jax.device_get(variables[layer.STATE])
+    if not np.any(state["source_index"] >= 0):
+        raise UsageError(
+            "This run has not pushed its prototypes yet, so they are not training patches; "
+            "explain a run that has passed its first push epoch."
+        )
+    batch_size = max(1, min(config.data.eval_batch_size, 64))
+    raw = dataset.split(split).get_batch(np.asarray(indices))
+    parts = [
+        method.activations(variables, normalize(raw["image"][i : i + batch_size],
+                                                config.data.normalization))
+        for i in range(0, len(indices), batch_size)
+    ]  # fmt: skip
+    logits, sims, maps = (np.concatenate([np.asarray(p[n]) for p in parts]) for n in range(3))
+    kernel = np.asarray(variables["params"]["last_layer"]["kernel"])
+    explained = Explained(raw["image"], np.asarray(indices), raw["label"], logits, sims, kernel,
+                          state["active"], state["prototype_class"])  # fmt: skip
+    sources = method.prototype_sources(variables, dataset.split("train"), batch_size=batch_size)
+    return write_this_looks_like_that(
+        out, explained, maps, sources, class_names=dataset.class_names,
+        prototypes_per_class=method.prototypes_per_class,
+    )  # fmt: skip

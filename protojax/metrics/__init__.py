@@ -1,4 +1,5 @@
-"""Metrics for SEMs and explainers: accuracy, localisation, faithfulness, robustness, diversity.
+"""Metrics for SEMs and explainers: accuracy, localisation, faithfulness, robustness, diversity,
+and an interpreter's fidelity and conciseness (FLINT).
 
 Every metric returns `MetricResult(per_example, aggregate)`, or a NamedTuple that begins with
 those two fields (`CurveResult` of the deletion and insertion curves, which adds the curves).
@@ -10,12 +11,19 @@ called under `jax.jit`.
 from protojax.metrics.accuracy import accuracy
 from protojax.metrics.box_accuracy import MaxBoxAccuracy, max_box_accuracy
 from protojax.metrics.common import MetricResult
-from protojax.metrics.diversity import prototype_diversity_entropy
 from protojax.metrics.faithfulness import (
     CurveResult,
     deletion_curve,
     insertion_curve,
     perturbation_curve,
+)
+from protojax.metrics.interpretation import (
+    CONCISENESS_THRESHOLDS,
+    GlobalRelevance,
+    conciseness,
+    fidelity,
+    fidelity_top_k,
+    global_relevance,
 )
 from protojax.metrics.localisation import (
     pointing_game,
@@ -23,13 +31,20 @@ from protojax.metrics.localisation import (
     relevance_rank_accuracy,
 )
 from protojax.metrics.robustness import max_sensitivity
+from protojax.prototypes.diversity import prototype_diversity_entropy
 
 __all__ = [
+    "CONCISENESS_THRESHOLDS",
     "CurveResult",
+    "GlobalRelevance",
     "MaxBoxAccuracy",
     "MetricResult",
     "accuracy",
+    "conciseness",
     "deletion_curve",
+    "fidelity",
+    "fidelity_top_k",
+    "global_relevance",
     "insertion_curve",
     "max_box_accuracy",
     "max_sensitivity",

@@ -1,5 +1,5 @@
 """MaxBoxAcc v2 (Choe et al., CVPR 2020, "Evaluating Weakly Supervised Object Localization
-Methods Right"; METHODS.md §8).
+Methods Right"; official code: github.com/clovaai/wsolevaluation, `evaluation.py`).
 
 This metric runs on the host: connected components are labelled with `scipy.ndimage`, so it
 takes and converts arrays but is not jit-able.
@@ -17,28 +17,33 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import ndimage
 
-from protojax.metrics.common import MetricResult, check_maps
+from protojax.metrics.common import check_maps
 
 # 8-connectivity, as the border following of OpenCV's findContours used by the official code.
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 class MaxBoxAccuracy(NamedTuple):
-    """The aggregate of `max_box_accuracy`.
+    """The result of `max_box_accuracy`. The first two fields are `MetricResult`'s, so it
+    reads as every other metric's (`float(result.aggregate)`), and the curves come with them.
 
     Attributes:
+      per_example: `[B]` float32, the fraction of IoU thresholds δ at which the image is
+        correct at that δ's best τ; its mean over the batch is `aggregate`.
+      aggregate: scalar, MaxBoxAcc v2: the mean of `max_box_acc` over δ.
+      correct: `[B, D]` bool, whether each image is correct at the best τ of each δ.
       max_box_acc: `[D]` MaxBoxAcc(δ) = max over τ of BoxAcc(τ, δ), one per IoU threshold δ.
-      mean: scalar, the mean of `max_box_acc` over δ: MaxBoxAcc v2.
       best_cam_threshold: `[D]` the τ attaining each maximum (the smallest on ties).
       box_acc: `[T, D]` BoxAcc(τ, δ) for every CAM threshold τ and IoU threshold δ.
       cam_thresholds: `[T]` the CAM thresholds τ.
       iou_thresholds: `[D]` the IoU thresholds δ.
     """
 
+    per_example: jax.Array
+    aggregate: jax.Array
+    correct: jax.Array
     max_box_acc: jax.Array
-    mean: jax.Array
     best_cam_threshold: jax.Array
     box_acc: jax.Array
     cam_thresholds: jax.Array
@@ -82,6 +87,8 @@ def _best_iou(candidates: np.ndarray, ground_truth: np.ndarray) -> float:
 
 def _component_boxes(foreground: np.ndarray) -> np.ndarray:
     """`[C, 4]` boxes (exclusive ends) around the 8-connected components of `foreground`."""
+    from scipy import ndimage  # host-only; kept out of the import of protojax.train
+
     labels, _ = ndimage.label(foreground, structure=_EIGHT_CONNECTED)
     slices = ndimage.find_objects(labels)
     return np.array([(s[0].start, s[1].start, s[0].stop, s[1].stop) for s in slices], np.int64)
@@ -101,7 +108,7 @@ def max_box_accuracy(
     *,
     iou_thresholds: Sequence[float] = (0.3, 0.5, 0.7),
     num_thresholds: int = 1000,
-) -> MetricResult:
+) -> MaxBoxAccuracy:
     """MaxBoxAcc v2: the best-threshold box accuracy over all connected components.
 
     For each image, the map is min-max normalised to [0, 1] (a constant map becomes all
@@ -135,9 +142,14 @@ def max_box_accuracy(
       iou_thresholds: the IoU thresholds δ, each in (0, 1].
       num_thresholds: T, the number of CAM thresholds; 1000 as the official code.
 
+    Maps without structure: a constant map (all zeros included) normalises to zeros, so
+    τ = 0 boxes the whole image and every higher τ boxes nothing; an all-negative map is
+    min-max normalised like any other (only the order of its values matters). An image
+    without a ground-truth box is never correct.
+
     Returns:
-      `MetricResult(per_example, aggregate)`: `per_example` is `[B, D]` bool, whether each
-      image is correct at the best τ for each δ; `aggregate` is a `MaxBoxAccuracy`.
+      `MaxBoxAccuracy(per_example [B], aggregate [], correct [B, D], max_box_acc [D], ...)`,
+      a `MetricResult` whose aggregate is MaxBoxAcc v2, with the curves behind it.
     """
     saliency = np.asarray(check_maps(saliency, "saliency"), dtype=np.float64)
     if not np.all(np.isfinite(saliency)):
@@ -165,14 +177,15 @@ def max_box_accuracy(
     correct = best_iou[:, :, None] >= iou[None, None, :]  # [B, T, D]
     box_acc = correct.mean(axis=0)  # [T, D]
     best_t = np.argmax(box_acc, axis=0)  # the first (smallest τ) on ties
-    per_example = correct[:, best_t, np.arange(iou.size)]  # [B, D]
+    correct_at_best = correct[:, best_t, np.arange(iou.size)]  # [B, D]
     max_box_acc = box_acc[best_t, np.arange(iou.size)]
-    aggregate = MaxBoxAccuracy(
+    return MaxBoxAccuracy(
+        per_example=jnp.asarray(correct_at_best.mean(axis=1), jnp.float32),
+        aggregate=jnp.asarray(max_box_acc.mean(), jnp.float32),
+        correct=jnp.asarray(correct_at_best),
         max_box_acc=jnp.asarray(max_box_acc, jnp.float32),
-        mean=jnp.asarray(max_box_acc.mean(), jnp.float32),
         best_cam_threshold=jnp.asarray(cam_thresholds[best_t], jnp.float32),
         box_acc=jnp.asarray(box_acc, jnp.float32),
         cam_thresholds=jnp.asarray(cam_thresholds, jnp.float32),
         iou_thresholds=jnp.asarray(iou, jnp.float32),
     )
-    return MetricResult(jnp.asarray(per_example), aggregate)

@@ -93,8 +93,10 @@ def perturbation_curve(
     """Deletion or insertion curves, with the scores at every step.
 
     Pixels are ordered by decreasing saliency; ties are broken by row-major pixel index, the
-    first one first, so the order is deterministic. At step k = 0..steps the first
-    ⌊k · H·W / steps⌋ pixels (all channels) are changed:
+    first one first, so the order is deterministic. Only the order matters: an all-negative
+    map is used like any other, and a constant map (all zeros included) changes pixels in
+    row-major order, the baseline that an uninformative map should not beat. At step
+    k = 0..steps the first ⌊k · H·W / steps⌋ pixels (all channels) are changed:
       - `mode="deletion"`: they are replaced by `fill` (step 0 is the image, the last step is
         all fill);
       - `mode="insertion"`: the start is the `fill` image (the baseline) and they are copied

@@ -1,9 +1,17 @@
 """Localisation of saliency maps against ground-truth masks: pointing game, relevance rank and
-relevance mass accuracy (METHODS.md §7.2).
+relevance mass accuracy (Zhang et al., "Top-down neural attention by excitation backprop",
+IJCV 2018; Arras et al., "CLEVR-XAI", Information Fusion 2022).
 
 Saliency maps are `[B, H, W]` (a trailing channel axis of size 1 is accepted; reduce
 multi-channel attributions with `protojax.explain.reduce_channels` first). Masks are `[B, H, W]`
 on the same grid; any non-zero entry counts as inside the object.
+
+Maps without structure have defined values: a constant map (all zeros included) ranks its
+pixels in row-major order, and only the order of values matters to the pointing game and
+relevance rank, so an all-negative map is judged like any other. Relevance mass counts only
+positive relevance: a map with none puts none of it in the object and scores 0. An empty mask
+leaves relevance rank and mass undefined (NaN, left out of the aggregate) and makes the
+pointing game miss.
 """
 
 from __future__ import annotations
@@ -40,7 +48,8 @@ def pointing_game(saliency, masks, *, tolerance: float = 0) -> MetricResult:
     then smallest w). An example is a hit if some mask pixel lies within Euclidean distance
     `tolerance` of the peak (a disc of that radius in pixels; 0 means the peak pixel itself
     must be in the mask; the original paper uses 15 px at full resolution). An empty mask is
-    always a miss.
+    always a miss. A constant map (all zeros included) peaks at pixel (0, 0); an all-negative
+    map peaks at its largest (least negative) value.
 
     Args:
       saliency: `[B, H, W]` saliency maps.
@@ -72,9 +81,10 @@ def relevance_rank_accuracy(saliency, masks) -> MetricResult:
 
     K is the number of mask pixels of each image. Pixels are ranked by decreasing saliency;
     ties are broken by the pixel's row-major index, the first one ranked higher, so exactly K
-    pixels are taken even when values repeat. Images with an empty mask have no K: their
-    `per_example` entry is NaN and the aggregate is the mean over the other images (NaN if
-    every mask is empty).
+    pixels are taken even when values repeat: a constant map (all zeros included) takes the
+    first K pixels in row-major order, and an all-negative map is ranked like any other.
+    Images with an empty mask have no K: their `per_example` entry is NaN and the aggregate
+    is the mean over the other images (NaN if every mask is empty).
 
     Args:
       saliency: `[B, H, W]` saliency maps.
@@ -91,16 +101,19 @@ def _relevance_mass_accuracy(saliency: jax.Array, masks: jax.Array) -> MetricRes
     positive = jnp.maximum(saliency, 0.0)
     inside = jnp.sum(jnp.where(masks, positive, 0.0), axis=(1, 2))
     total = jnp.sum(positive, axis=(1, 2))
-    defined = jnp.any(masks, axis=(1, 2)) & (total > 0)
-    per_example = jnp.where(defined, inside / jnp.where(defined, total, 1.0), jnp.nan)
+    # No positive relevance: none of it is inside the mask (0, not 0 / 0).
+    share = jnp.where(total > 0, inside / jnp.where(total > 0, total, 1.0), 0.0)
+    per_example = jnp.where(jnp.any(masks, axis=(1, 2)), share, jnp.nan)
     return MetricResult(per_example, jnp.nanmean(per_example))
 
 
 def relevance_mass_accuracy(saliency, masks) -> MetricResult:
     """Relevance mass accuracy (Arras et al. 2022): positive relevance inside the mask / total.
 
-    Negative saliency is ignored (R⁺ = max(R, 0)). An image whose mask is empty, or whose map
-    has no positive relevance, has no defined value: its `per_example` entry is NaN and the
+    Negative saliency is ignored (R⁺ = max(R, 0)). A map with no positive relevance (all
+    zeros, or all negative, as RISE gives for a negative logit) puts none inside the mask
+    and scores 0. A constant positive map scores the mask's share of the pixels. An image
+    whose mask is empty has no defined value: its `per_example` entry is NaN and the
     aggregate is the mean over the other images (NaN if there are none).
 
     Args:
@@ -108,6 +121,7 @@ def relevance_mass_accuracy(saliency, masks) -> MetricResult:
       masks: `[B, H, W]` ground-truth masks.
 
     Returns:
-      `MetricResult(per_example=[B] float32 in [0, 1] or NaN, aggregate=nan-mean scalar)`.
+      `MetricResult(per_example=[B] float32 in [0, 1], NaN for an empty mask,
+      aggregate=nan-mean scalar)`.
     """
     return _relevance_mass_accuracy(*_maps_and_masks(saliency, masks))

@@ -61,8 +61,9 @@ def max_sensitivity(
       - "explanation": ‖Φ(x)‖_F, so the value is a relative change and explainers of
         different scales (gradients, probabilities) compare fairly;
       - "input": ‖x‖_F, as Quantus's `MaxSensitivity` divides.
-    With a denominator, a zero one gives NaN for that example, and the aggregate is the mean
-    over the others.
+    With a denominator, a zero one (an all-zero explanation, or a black image) gives NaN for
+    that example, and the aggregate is the mean over the others. An explainer whose output
+    does not change under the perturbations (a constant map, whatever its sign) scores 0.
 
     Fix the explained target inside `explain_fn` (for example close over the labels or the
     predictions at x), so that a perturbation cannot switch the class being explained.

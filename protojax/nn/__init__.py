@@ -1,8 +1,21 @@
 """Backbones: `backbone_by_name(name, ...)` returns a Flax module mapping images
-`[B, H, W, C]` to a feature map `[B, h, w, c]` (and, with `return_layers`, a dict of named
-intermediate maps). `feature_channels(name)` gives `c`, to size the layers that follow.
+`[B, H, W, C]` to a feature map `[B, h, w, c]`, the map before global pooling (and, with
+`return_layers`, a dict of named intermediate maps). `feature_channels(name)` gives `c`, to
+size the layers that follow; `normalization(name)` gives the mean and std the pretrained
+weights expect.
 
-Converted weights are loaded with `protojax.nn.weights.load_variables`.
+The families are named as torchvision or timm name them, so that their weights map one to
+one (`protojax.nn.weights`):
+- `resnet18` … `resnet152` (torchvision; ImageNet or CIFAR stem), `protojax/nn/resnet.py`;
+- `vgg11` … `vgg19` and their `_bn` variants (torchvision), `protojax/nn/vgg.py`;
+- `densenet121`, `densenet161`, `densenet169`, `densenet201` (torchvision),
+  `protojax/nn/densenet.py`;
+- `convnext_tiny`, `convnext_small` (torchvision), `protojax/nn/convnext.py`;
+- `vit_b_16` (torchvision), `vit_small_patch16_224` and `vit_base_patch16_224` (timm),
+  `protojax/nn/vit.py`;
+- `small_cnn`, `small_cnn_wide`: small CNNs for 28–64 px images, trained from scratch.
+
+Each family's file documents its layer names for `return_layers` and its variable names.
 """
 
 from __future__ import annotations
@@ -15,13 +28,35 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from protojax.errors import UsageError
+from protojax.nn.convnext import CONVNEXT_ARCHS, ConvNeXt, build_convnext
+from protojax.nn.densenet import DENSENET_ARCHS, DenseNet, build_densenet, densenet_channels
 from protojax.nn.resnet import RESNET_ARCHS, STEMS, ResNet, build_resnet, resnet_channels
 from protojax.nn.small import SmallCNN
+from protojax.nn.vae import ConvTranspose2d, Decoder, Encoder  # ProtoVAE's, by arch
+from protojax.nn.vgg import VGG, VGG_ARCHS, build_vgg
+from protojax.nn.vit import VIT_ARCHS, VisionTransformer, build_vit
+
+
+class Normalization(NamedTuple):
+    """Per-channel mean and std (RGB, images in [0, 1]) that pretrained weights expect:
+    feed `(image − mean) / std`."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+# torchvision's ImageNet weights (and `data.normalization=imagenet`).
+IMAGENET = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# timm's `vit_*_patch16_224` (augreg) weights: IMAGENET_INCEPTION_MEAN/STD, which is
+# `data.normalization=symmetric` (images in [−1, 1]).
+INCEPTION = Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
 class _Backbone(NamedTuple):
     build: Callable[..., nn.Module]  # (stem=, dtype=, param_dtype=, return_layers=) -> module
     channels: int  # channels of the final map
+    family: str  # resnet | vgg | densenet | convnext | vit | small: selects the weight key map
+    normalization: Normalization
 
 
 def _small_cnn(widths: tuple[int, ...], *, stem: str, **kw) -> SmallCNN:
@@ -29,14 +64,38 @@ def _small_cnn(widths: tuple[int, ...], *, stem: str, **kw) -> SmallCNN:
     return SmallCNN(widths=widths, **kw)
 
 
-_BACKBONES: dict[str, _Backbone] = {
-    "small_cnn": _Backbone(functools.partial(_small_cnn, (32, 64)), 64),
-    "small_cnn_wide": _Backbone(functools.partial(_small_cnn, (32, 64, 128)), 128),
-    **{
-        name: _Backbone(functools.partial(build_resnet, name), resnet_channels(name))
-        for name in RESNET_ARCHS
-    },
-}
+def _single_stem(build: Callable[..., nn.Module], name: str, *, stem: str, **kw) -> nn.Module:
+    del stem  # only the ResNets have a CIFAR stem
+    return build(name, **kw)
+
+
+def _entries() -> dict[str, _Backbone]:
+    entries = {
+        "small_cnn": _Backbone(functools.partial(_small_cnn, (32, 64)), 64, "small", IMAGENET),
+        "small_cnn_wide": _Backbone(
+            functools.partial(_small_cnn, (32, 64, 128)), 128, "small", IMAGENET
+        ),
+    }
+    for name in RESNET_ARCHS:
+        build = functools.partial(build_resnet, name)
+        entries[name] = _Backbone(build, resnet_channels(name), "resnet", IMAGENET)
+    for name in VGG_ARCHS:
+        build = functools.partial(_single_stem, build_vgg, name)
+        entries[name] = _Backbone(build, 512, "vgg", IMAGENET)
+    for name, arch in DENSENET_ARCHS.items():
+        build = functools.partial(_single_stem, build_densenet, name)
+        entries[name] = _Backbone(build, densenet_channels(*arch), "densenet", IMAGENET)
+    for name, (_, widths) in CONVNEXT_ARCHS.items():
+        build = functools.partial(_single_stem, build_convnext, name)
+        entries[name] = _Backbone(build, widths[-1], "convnext", IMAGENET)
+    for name, (_, width, *_) in VIT_ARCHS.items():
+        build = functools.partial(_single_stem, build_vit, name)
+        norm = IMAGENET if name == "vit_b_16" else INCEPTION
+        entries[name] = _Backbone(build, width, "vit", norm)
+    return entries
+
+
+_BACKBONES: dict[str, _Backbone] = _entries()
 
 
 def backbone_names() -> list[str]:
@@ -65,11 +124,15 @@ def backbone_by_name(
         by the others.
       dtype: computation dtype (bfloat16 for mixed precision).
       param_dtype: parameter dtype.
-      return_layers: names of intermediate maps to return beside the final map (for the
-        ResNets: `stem`, `layer1` … `layer4`).
+      return_layers: names of intermediate maps to return beside the final map, as each
+        family's file documents (ResNets: `stem`, `layer1` … `layer4`; VGG: `conv1` … `conv5`,
+        `pool1` … `pool5`; DenseNet: `stem`, `denseblock1` … `denseblock4`, `transition1` …
+        `transition3`; ConvNeXt: `stem`, `stage1` … `stage4`; ViT: `block1` … `block12`,
+        `class_token`; small CNNs: `stage1`, …).
 
     Returns:
-      A module called as `module(images [B,H,W,C], train=bool)`.
+      A module called as `module(images [B,H,W,C], train=bool)`, returning the final map
+      `[B, h, w, c]`, or `(final map, {name: map})` when `return_layers` is non-empty.
     """
     entry = _entry(name)
     if stem not in STEMS:
@@ -84,11 +147,33 @@ def feature_channels(name: str) -> int:
     return _entry(name).channels
 
 
+def backbone_family(name: str) -> str:
+    """`resnet`, `vgg`, `densenet`, `convnext`, `vit` or `small`: how weights are named."""
+    return _entry(name).family
+
+
+def normalization(name: str) -> Normalization:
+    """The input mean and std of backbone `name`'s published pretrained weights."""
+    return _entry(name).normalization
+
+
 __all__ = [
+    "IMAGENET",
+    "INCEPTION",
+    "VGG",
+    "ConvNeXt",
+    "DenseNet",
+    "Normalization",
+    "ConvTranspose2d",
+    "Decoder",
+    "Encoder",
     "ResNet",
     "SmallCNN",
+    "VisionTransformer",
     "backbone_by_name",
+    "backbone_family",
     "backbone_names",
-    "feature_channels",
     "build_resnet",
+    "feature_channels",
+    "normalization",
 ]

@@ -37,56 +37,19 @@ import jax
 import jax.numpy as jnp
 
 from protojax.errors import UsageError
+from protojax.nn.layers import batch_norm, check_images, check_return_layers, conv2d, max_pool
 
 STEMS = ("imagenet", "cifar")
 LAYER_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
 
-# Kaiming normal with fan-out, as torchvision's `kaiming_normal_(mode="fan_out", "relu")`.
-_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def max_pool(x: jax.Array, *, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
-    """Max-pool padded with −inf, as `torch.nn.MaxPool2d(window, stride, padding)`.
-
-    Args:
-      x: `[B, H, W, C]`.
-      window: square window size.
-      stride: stride in both spatial dimensions.
-      padding: rows and columns of −inf added on every side (floor mode, as torch's default).
-
-    Returns:
-      `[B, (H + 2p − window) // stride + 1, (W + 2p − window) // stride + 1, C]`.
-    """
-    pad = ((padding, padding), (padding, padding))
-    # Flax's max_pool pads through reduce_window with its −inf initial value.
-    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pad)
-
 
 def _conv(features: int, kernel: int, stride: int, name: str, dtype, param_dtype) -> nn.Conv:
     """A bias-free conv with torch's padding `kernel // 2` on every side."""
-    pad = kernel // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        use_bias=False,
-        kernel_init=_CONV_INIT,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        name=name,
-    )
+    return conv2d(features, kernel, stride=stride, name=name, dtype=dtype, param_dtype=param_dtype)
 
 
 def _batch_norm(train: bool, name: str, dtype, param_dtype) -> nn.BatchNorm:
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=0.9,
-        epsilon=1e-5,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        name=name,
-    )
+    return batch_norm(train, name=name, dtype=dtype, param_dtype=param_dtype)
 
 
 class BasicBlock(nn.Module):
@@ -176,17 +139,8 @@ class ResNet(nn.Module):
         Returns `(layer4 map, {name: map})` when `return_layers` is non-empty.
         """
         _check_stem(self.stem)
-        unknown = [name for name in self.return_layers if name not in LAYER_NAMES]
-        if unknown:
-            raise UsageError(
-                f"Unknown ResNet layer '{unknown[0]}' in return_layers; "
-                f"use names among {', '.join(LAYER_NAMES)}."
-            )
-        if x.ndim != 4:
-            raise ValueError(
-                f"ResNet expects images [B, H, W, C] but got shape {x.shape}; "
-                "add a batch axis or move channels last."
-            )
+        check_return_layers("ResNet", self.return_layers, LAYER_NAMES)
+        check_images("ResNet", x)
         dt, pdt = self.dtype, self.param_dtype
         x = x.astype(dt)
         if self.stem == "imagenet":

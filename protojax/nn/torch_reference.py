@@ -1,19 +1,28 @@
-"""A minimal PyTorch ResNet mirroring torchvision's, for conversion tests and benchmarks.
+"""The real torchvision and timm models behind protojax's backbones, for the parity fixtures,
+conversion from a random initialisation, and the CPU benchmarks.
 
-Its `state_dict` keys, shapes and initialisation equal torchvision's `resnet18` …
-`resnet152` (v1.5 bottleneck, Kaiming-normal fan-out convs, BN weight 1 and bias 0, no
-zero-initialised residual BN), so a parity check against it stands in for torchvision where
-torchvision is not installed. PyTorch is imported only when a model is built; install it with
-`pip install -e '.[torch]'`.
+PyTorch, torchvision and timm are imported only when a model is built:
+- `pip install -e '.[torch]'` (a pinned CPU torch);
+- `pip install --no-deps torchvision==0.28.0 timm==1.0.31 pyyaml huggingface_hub` (without
+  `--no-deps`, pip would replace the pinned torch).
+
+torchvision's compiled operators are built for another torch release, so `import torchvision`
+fails while registering their meta kernels ("operator torchvision::nms does not exist").
+`import_torchvision` first makes `torch.library.Library.impl` skip operators that do not exist;
+none of the backbones uses them (they are detection ops such as nms and roi_align).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from protojax.errors import ProtojaxError
-from protojax.nn.resnet import RESNET_ARCHS, STEMS, BasicBlock
+from protojax.nn.resnet import RESNET_ARCHS, STEMS
+from protojax.nn.vgg import POOL, VGG_CONFIGS
 
 
 def import_torch() -> Any:
@@ -29,94 +38,143 @@ def import_torch() -> Any:
 
 
 @functools.cache
-def _classes() -> tuple[type, type, type]:
-    """Defines the torch modules on first use, so that importing this file needs no torch."""
+def _tolerate_missing_operators() -> None:
     torch = import_torch()
-    tnn = torch.nn
+    register = torch.library.Library.impl
 
-    def conv(cin: int, cout: int, kernel: int, stride: int = 1) -> Any:
-        return tnn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False)
+    def impl(self, *args, **kwargs):
+        try:
+            return register(self, *args, **kwargs)
+        except RuntimeError as err:
+            if "does not exist" not in str(err):
+                raise
+            return None  # a compiled operator of another torch build: unused here
 
-    def downsample(cin: int, cout: int, stride: int) -> Any:
-        if stride == 1 and cin == cout:
-            return None
-        return tnn.Sequential(conv(cin, cout, 1, stride), tnn.BatchNorm2d(cout))
+    torch.library.Library.impl = impl
 
-    class TorchBasicBlock(tnn.Module):
-        expansion = 1
 
-        def __init__(self, cin: int, width: int, stride: int):
-            super().__init__()
-            self.conv1 = conv(cin, width, 3, stride)
-            self.bn1 = tnn.BatchNorm2d(width)
-            self.relu = tnn.ReLU(inplace=True)
-            self.conv2 = conv(width, width, 3)
-            self.bn2 = tnn.BatchNorm2d(width)
-            self.downsample = downsample(cin, width, stride)
+def import_torchvision() -> Any:
+    """Returns `torchvision`, importable beside a torch it was not built for (module doc)."""
+    _tolerate_missing_operators()
+    try:
+        import torchvision
+    except ImportError as err:
+        raise ProtojaxError(
+            "torchvision is not installed; install it with `pip install --no-deps "
+            "torchvision==0.28.0`."
+        ) from err
+    return torchvision
 
-        def forward(self, x):
-            shortcut = x if self.downsample is None else self.downsample(x)
-            y = self.relu(self.bn1(self.conv1(x)))
-            return self.relu(self.bn2(self.conv2(y)) + shortcut)
 
-    class TorchBottleneck(tnn.Module):
-        expansion = 4
+def import_timm() -> Any:
+    """Returns `timm` (which imports torchvision when present)."""
+    _tolerate_missing_operators()
+    try:
+        import timm
+    except ImportError as err:
+        raise ProtojaxError(
+            "timm is not installed; install it with `pip install --no-deps timm==1.0.31 "
+            "pyyaml huggingface_hub`."
+        ) from err
+    return timm
 
-        def __init__(self, cin: int, width: int, stride: int):
-            super().__init__()
-            self.conv1 = conv(cin, width, 1)
-            self.bn1 = tnn.BatchNorm2d(width)
-            self.conv2 = conv(width, width, 3, stride)
-            self.bn2 = tnn.BatchNorm2d(width)
-            self.conv3 = conv(width, width * 4, 1)
-            self.bn3 = tnn.BatchNorm2d(width * 4)
-            self.relu = tnn.ReLU(inplace=True)
-            self.downsample = downsample(cin, width * 4, stride)
 
-        def forward(self, x):
-            shortcut = x if self.downsample is None else self.downsample(x)
-            y = self.relu(self.bn1(self.conv1(x)))
-            y = self.relu(self.bn2(self.conv2(y)))
-            return self.relu(self.bn3(self.conv3(y)) + shortcut)
+def torch_backbone(arch: str, config: Mapping[str, Any] | None = None) -> Any:
+    """The real torchvision or timm model of `arch`, randomly initialised, in eval mode.
 
-    class TorchResNet(tnn.Module):
-        def __init__(self, block: type, stage_sizes: tuple[int, ...], stem: str, classes: int):
-            super().__init__()
-            if stem == "imagenet":
-                self.conv1 = tnn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-                self.maxpool = tnn.MaxPool2d(3, stride=2, padding=1)
-            else:
-                self.conv1 = tnn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
-                self.maxpool = tnn.Identity()
-            self.bn1 = tnn.BatchNorm2d(64)
-            self.relu = tnn.ReLU(inplace=True)
-            cin = 64
-            for stage, num_blocks in enumerate(stage_sizes, start=1):
-                width = 64 * 2 ** (stage - 1)
-                blocks = []
-                for index in range(num_blocks):
-                    blocks.append(block(cin, width, 2 if stage > 1 and index == 0 else 1))
-                    cin = width * block.expansion
-                setattr(self, f"layer{stage}", tnn.Sequential(*blocks))
-            self.avgpool = tnn.AdaptiveAvgPool2d((1, 1))
-            self.fc = tnn.Linear(cin, classes)
-            for module in self.modules():
-                if isinstance(module, tnn.Conv2d):
-                    tnn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                elif isinstance(module, tnn.BatchNorm2d):
-                    tnn.init.ones_(module.weight)
-                    tnn.init.zeros_(module.bias)
+    Args:
+      arch: a backbone name (`protojax.nn.backbone_names()`, except the small CNNs).
+      config: None for the published architecture, or the reduced architecture in the terms
+        of protojax's modules (their dataclass fields): VGG `layers` (0 = max-pool) and
+        `batch_norm`; DenseNet `growth_rate`, `block_config`, `stem_width` and `bn_size`;
+        ConvNeXt `depths` and `widths`; ViT `patch_size`, `width`, `depth`, `num_heads`,
+        `mlp_dim` and `image_size`. ResNets take none (torchvision fixes their widths).
+    """
+    tv = import_torchvision()
+    models = tv.models
+    c = dict(config or {})
+    if arch in RESNET_ARCHS:
+        model = getattr(models, arch)()
+    elif arch.startswith("vgg"):
+        layers = c.get("layers", VGG_CONFIGS[arch.removesuffix("_bn")])
+        cfg = ["M" if width == POOL else width for width in layers]
+        batch_norm = c.get("batch_norm", arch.endswith("_bn"))
+        model = models.vgg.VGG(models.vgg.make_layers(cfg, batch_norm=batch_norm))
+    elif arch.startswith("densenet"):
+        model = getattr(models, arch)() if not c else models.DenseNet(
+            growth_rate=c["growth_rate"], block_config=tuple(c["block_config"]),
+            num_init_features=c["stem_width"], bn_size=c.get("bn_size", 4),
+        )  # fmt: skip
+    elif arch.startswith("convnext"):
+        if c:
+            from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 
-        def features(self, x):
-            """`[B, 3, H, W]` → the layer4 map `[B, C, h, w]` (NCHW)."""
-            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            widths, depths = list(c["widths"]), list(c["depths"])
+            nexts = [*widths[1:], None]
+            setting = [CNBlockConfig(w, n, d) for w, n, d in zip(widths, nexts, depths)]
+            model = ConvNeXt(setting, stochastic_depth_prob=0.0)
+        else:
+            model = getattr(models, arch)()
+    elif arch == "vit_b_16":
+        model = models.vit_b_16() if not c else models.VisionTransformer(
+            image_size=c["image_size"], patch_size=c["patch_size"], num_layers=c["depth"],
+            num_heads=c["num_heads"], hidden_dim=c["width"], mlp_dim=c["mlp_dim"],
+        )  # fmt: skip
+    elif arch.startswith("vit_"):
+        timm = import_timm()
+        if c:
+            from timm.models.vision_transformer import VisionTransformer
 
-        def forward(self, x):
-            """`[B, 3, H, W]` → logits `[B, classes]`, as torchvision's ResNet."""
-            return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
+            model = VisionTransformer(
+                img_size=c["image_size"], patch_size=c["patch_size"], embed_dim=c["width"],
+                depth=c["depth"], num_heads=c["num_heads"], mlp_ratio=c["mlp_dim"] / c["width"],
+                dynamic_img_size=True,
+            )  # fmt: skip
+        else:
+            model = timm.create_model(arch, pretrained=False, dynamic_img_size=True)
+    else:
+        raise ProtojaxError(f"No torchvision or timm reference for '{arch}'.")
+    return model.eval()
 
-    return TorchBasicBlock, TorchBottleneck, TorchResNet
+
+def torch_features(model: Any, arch: str, images: np.ndarray) -> np.ndarray:
+    """The map protojax's backbone `arch` returns, computed by the torch model.
+
+    Args:
+      model: from `torch_backbone(arch, ...)`.
+      arch: its name.
+      images: `[B, H, W, C]` float32.
+
+    Returns:
+      `[B, h, w, c]` float32: the map before global pooling (the patch tokens after the final
+      norm for ViTs).
+    """
+    torch = import_torch()
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    with torch.no_grad():
+        if arch in RESNET_ARCHS:
+            m = model
+            y = m.layer4(m.layer3(m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(x))))))))
+        elif arch.startswith("densenet"):
+            y = torch.nn.functional.relu(model.features(x))
+        elif arch.startswith(("vgg", "convnext")):
+            y = model.features(x)
+        elif arch == "vit_b_16":
+            tokens = model._process_input(x)
+            cls = model.class_token.expand(tokens.shape[0], -1, -1)
+            tokens = model.encoder(torch.cat([cls, tokens], dim=1))
+            y = _token_map(tokens, images, model.patch_size)
+        else:
+            y = _token_map(model.forward_features(x), images, model.patch_embed.patch_size[0])
+        if y.ndim == 4 and not arch.startswith("vit_"):
+            y = y.permute(0, 2, 3, 1)
+    return np.ascontiguousarray(y.numpy().astype(np.float32))
+
+
+def _token_map(tokens: Any, images: np.ndarray, patch: int) -> Any:
+    """`[B, 1 + h·w, D]` tokens → the patch tokens as `[B, h, w, D]`."""
+    batch, height, width, _ = images.shape
+    return tokens[:, 1:].reshape(batch, height // patch, width // patch, -1)
 
 
 def torch_resnet(
@@ -127,11 +185,11 @@ def torch_resnet(
     seed: int = 0,
     randomize_batch_norm: bool = False,
 ) -> Any:
-    """Builds a torch ResNet in eval mode, initialised as torchvision's from `seed`.
+    """torchvision's ResNet in eval mode, initialised from `seed`, with a `features` method.
 
     Args:
       name: `resnet18` … `resnet152`.
-      stem: `imagenet` (torchvision's) or `cifar` (conv3×3/1, no max-pool).
+      stem: `imagenet` (torchvision's) or `cifar` (conv1 replaced by a 3×3/1 conv, no max-pool).
       num_classes: outputs of the `fc` classifier.
       seed: the torch seed of the initialisation; the global torch RNG is left untouched.
       randomize_batch_norm: draw every BN's weight ~ U[0.5, 1.5), bias ~ N(0, 0.1²), running
@@ -139,21 +197,30 @@ def torch_resnet(
         BN tensor rather than the identity statistics of a fresh model.
 
     Returns:
-      A `torch.nn.Module` with torchvision's `state_dict` keys, `forward(x) -> logits` and
-      `features(x) -> layer4 map`, both NCHW.
+      torchvision's `ResNet` (a subclass adding `features(x) -> layer4 map`, both NCHW).
     """
     if name not in RESNET_ARCHS:
         raise ProtojaxError(f"Unknown ResNet '{name}'; use one of {', '.join(RESNET_ARCHS)}.")
     if stem not in STEMS:
         raise ProtojaxError(f"Unknown stem '{stem}'; use one of {', '.join(STEMS)}.")
     torch = import_torch()
-    basic, bottleneck, resnet_class = _classes()
+    resnet = import_torchvision().models.resnet
+
+    class FeatureResNet(resnet.ResNet):
+        def features(self, x):
+            """`[B, 3, H, W]` → the layer4 map `[B, C, h, w]` (NCHW)."""
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
     block, stage_sizes = RESNET_ARCHS[name]
+    torch_block = resnet.BasicBlock if block.expansion == 1 else resnet.Bottleneck
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = resnet_class(
-            basic if block is BasicBlock else bottleneck, stage_sizes, stem, num_classes
-        )
+        model = FeatureResNet(torch_block, list(stage_sizes), num_classes=num_classes)
+        if stem == "cifar":
+            model.conv1 = torch.nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+            torch.nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+            model.maxpool = torch.nn.Identity()
         if randomize_batch_norm:
             with torch.no_grad():
                 for module in model.modules():

@@ -1,9 +1,10 @@
-"""Shared prototype kernels: distances and similarities, k-means, diversity terms, channels.
+"""Shared prototype kernels: distances and similarities, the prototype layer, projection
+(push), the part-prototype costs, k-means, diversity terms and measures, channels.
 
-Submodules: `distances`, `kmeans`, `diversity`, `channels`. The distance, diversity and
-channel functions are also importable from the package itself. k-means is not: the
-function `kmeans` shares its module's name, so `protojax.prototypes.kmeans` is always the
-module, and the function is imported from it:
+Submodules: `distances`, `layer`, `projection`, `costs`, `kmeans`, `diversity`, `channels`.
+The distance, diversity and channel functions are also importable from the package itself.
+k-means is not: the function `kmeans` shares its module's name, so `protojax.prototypes.kmeans`
+is always the module, and the function is imported from it:
 
     from protojax.prototypes.kmeans import kmeans, kmeans_predict
     # or
@@ -11,7 +12,7 @@ module, and the function is imported from it:
     result = kmeans.kmeans(x, k, rng)
 """
 
-from protojax.prototypes import channels, distances, diversity, kmeans
+from protojax.prototypes import channels, costs, distances, diversity, kmeans, layer, projection
 from protojax.prototypes.channels import MxPoolResult, mx_pool, orthogonal_unmixing
 from protojax.prototypes.distances import (
     l2_distances,
@@ -26,6 +27,7 @@ from protojax.prototypes.diversity import (
     davies_bouldin,
     inverse_volume_loss,
     orthonormality_loss,
+    prototype_diversity_entropy,
     prototype_log_volume,
     prototype_usage,
 )
@@ -34,6 +36,7 @@ __all__ = [
     "MxPoolResult",
     "PrototypeUsage",
     "channels",
+    "costs",
     "coverage",
     "coverage_sample",
     "davies_bouldin",
@@ -41,12 +44,15 @@ __all__ = [
     "diversity",
     "inverse_volume_loss",
     "kmeans",
+    "layer",
     "l2_distances",
     "log_similarity",
     "min_over_patches",
     "mx_pool",
     "orthogonal_unmixing",
     "orthonormality_loss",
+    "projection",
+    "prototype_diversity_entropy",
     "prototype_log_volume",
     "prototype_usage",
     "squared_l2_distances",

@@ -1,8 +1,8 @@
 """InfoDisent's kernels: an orthogonal channel unmixing and the signed max pooling.
 
-METHODS.md §5: the frozen backbone's feature map is rotated pixelwise by U = expm(A − Aᵀ),
-an element of SO(D), and each channel is then read out by its strongest positive and its
-strongest negative response.
+Struski et al., arXiv 2409.10329: the frozen backbone's feature map is rotated pixelwise by
+U = expm(A − Aᵀ), an element of SO(D), and each channel is then read out by its strongest
+positive and its strongest negative response.
 """
 
 from __future__ import annotations

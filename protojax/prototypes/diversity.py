@@ -2,14 +2,18 @@
 
 Prototypes come as `[K, M, d]`: K classes with M prototypes each, in latent space. An
 optional `active [K, M]` bool mask leaves out prototypes that were eliminated (shapes never
-change mid-run, see DESIGN.md); a class without any active prototype drops out of the
+change mid-run); a class without any active prototype drops out of the
 mean over classes.
 
-- `orthonormality_loss`: ProtoVAE's (METHODS.md §2.6).
-- `inverse_volume_loss` and `prototype_log_volume`: Pantypes' volume term and the
-  diagnostic that run summaries report (§3.1).
+- `orthonormality_loss`: ProtoVAE's, in the official code's two forms.
+- `inverse_volume_loss` and `prototype_log_volume`: Pantypes' volume term
+  (`model.py::volume_loss` of RuneDK93/pantypes, appendix eq. 1) and the diagnostic that
+  run summaries report.
 - `davies_bouldin`, `coverage`, `coverage_sample`, `prototype_usage`: Pantypes'
-  diagnostics (§3.2, §3.4 and its correction).
+  diagnostics (`main.py` and the appendix; see docs/fidelity.md).
+- `prototype_diversity_entropy`: KMEx's normalised entropy of all prototypes `[P, D]`
+  (SrishtiGautam/KMEx, `utils/evaluation.py::diversity`), a metric (`protojax.metrics`
+  re-exports it).
 
 All but two are pure and jit-able; `coverage` and `prototype_usage` run eagerly and return
 NumPy values, because a convex hull and a list of unused prototypes have data-dependent
@@ -18,13 +22,20 @@ sizes.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from protojax.prototypes.distances import HIGHEST, l2_distances, safe_sqrt
+from protojax.prototypes.distances import (
+    HIGHEST,
+    l2_distances,
+    log_similarity,
+    safe_sqrt,
+    squared_l2_distances,
+)
 
 
 def _grouped(p: jax.Array, active: jax.Array | None) -> tuple[jax.Array, jax.Array]:
@@ -51,27 +62,48 @@ def _mean_over_classes(per_class: jax.Array, mask: jax.Array) -> jax.Array:
     return total / jnp.maximum(jnp.sum(present), 1)
 
 
-def orthonormality_loss(p: jax.Array, *, active: jax.Array | None = None) -> jax.Array:
-    """ProtoVAE's orthonormality term: the mean over classes of ‖P̃_k P̃_kᵀ − I‖_F.
+ORTHONORMALITY_FORMS = ("prototypes", "dimensions")
 
-    P̃_k is class k's prototypes minus their mean (class-centred); the norm is the plain,
-    not squared, Frobenius norm. The gradient stays finite when a class has no active
+
+def orthonormality_loss(
+    p: jax.Array, *, active: jax.Array | None = None, form: str = "prototypes"
+) -> jax.Array:
+    """ProtoVAE's orthonormality term: the mean over classes of ‖P̃_k P̃_kᵀ − I_M‖_F.
+
+    P̃_k `[M, d]` is class k's prototypes minus their mean (class-centred); the norm is the
+    plain, not squared, Frobenius norm. The gradient stays finite when a class has no active
     prototype left.
+
+    `form` picks which Gram matrix is pulled to the identity:
+    - `prototypes` (the default): the M×M P̃_k P̃_kᵀ − I_M, as the latest official
+      `model.py::ortho_loss` of SrishtiGautam/ProtoVAE computes it;
+    - `dimensions`: the d×d P̃_kᵀ P̃_k − I_d of the code released with the paper (commit
+      fa1d9e1, October 2022). Its rank is at most M − 1 < d, so its norm never falls below
+      √(d − M + 1) and its gradient is weaker.
 
     Args:
       p: `[K, M, d]` prototypes.
       active: optional `[K, M]` bool; inactive prototypes leave the centring and the Gram
-        matrix (the identity shrinks with them).
+        matrix (the M×M identity shrinks with them).
+      form: `prototypes` or `dimensions`.
 
     Returns:
       `[]` float32.
     """
+    if form not in ORTHONORMALITY_FORMS:
+        raise ValueError(
+            f"Unknown orthonormality form '{form}'; use one of {', '.join(ORTHONORMALITY_FORMS)}."
+        )
     p, mask = _grouped(p, active)
     count = jnp.maximum(jnp.sum(mask, axis=1), 1.0)  # [K]
     mean = jnp.einsum("km,kmd->kd", mask, p, precision=HIGHEST) / count[:, None]
     centred = (p - mean[:, None, :]) * mask[..., None]
-    gram = jnp.einsum("kmd,knd->kmn", centred, centred, precision=HIGHEST)
-    residual = gram - jax.vmap(jnp.diag)(mask)
+    if form == "prototypes":
+        gram = jnp.einsum("kmd,knd->kmn", centred, centred, precision=HIGHEST)
+        residual = gram - jax.vmap(jnp.diag)(mask)
+    else:
+        gram = jnp.einsum("kmd,kme->kde", centred, centred, precision=HIGHEST)
+        residual = gram - jnp.eye(p.shape[2], dtype=gram.dtype)
     return _mean_over_classes(safe_sqrt(jnp.sum(residual**2, axis=(1, 2))), mask)
 
 
@@ -276,8 +308,8 @@ def coverage_sample(
 ) -> jax.Array:
     """Selects the "sample" whose hull `coverage` compares with the class's.
 
-    The rule that generated the Pantypes paper's sample is not public (METHODS.md,
-    corrections). We take, per class, the points whose distance to their nearest prototype
+    The rule that generated the Pantypes paper's sample is not public (docs/fidelity.md).
+    We take, per class, the points whose distance to their nearest prototype
     of their own class, in latent space, is at most the class's median of that distance:
     the half of the class that its prototypes represent best. Diverse prototypes spread
     that half over the class; collapsed ones keep it in one corner.
@@ -373,3 +405,66 @@ def prototype_usage(
         unused=np.flatnonzero(unused_mask),
         unused_per_class=np.bincount(classes[unused_mask], minlength=int(classes.max()) + 1),
     )
+
+
+class DiversityEntropy(NamedTuple):
+    """`prototype_diversity_entropy`'s result, in the metrics' form (`MetricResult`'s fields).
+
+    Attributes:
+      per_example: `[P]` each prototype's normalised entropy.
+      aggregate: their mean.
+    """
+
+    per_example: jax.Array
+    aggregate: jax.Array
+
+
+# KMEx's diversity uses log((d + 1) / (d + 1e-4)), the ProtoPNet similarity's ε.
+_KMEX_EPS = 1e-4
+
+
+@functools.partial(jax.jit, static_argnames=("squared",))
+def _prototype_diversity_entropy(prototypes: jax.Array, *, squared: bool) -> DiversityEntropy:
+    num_prototypes = prototypes.shape[0]
+    if num_prototypes == 1:
+        # log(P) = 0 makes the entropy 0/0; KMEx sets that NaN to 1.
+        return DiversityEntropy(jnp.ones((1,), jnp.float32), jnp.float32(1.0))
+    kernel = squared_l2_distances if squared else l2_distances
+    distances = kernel(prototypes, prototypes)
+    # A prototype's distance to itself is 0 by definition; the matmul form leaves rounding
+    # residue there that would shift S_ii = log(1 / 1e-4), the largest entry of every row.
+    distances = jnp.where(jnp.eye(num_prototypes, dtype=bool), 0.0, distances)
+    similarities = log_similarity(distances, eps=_KMEX_EPS)
+    log_p = jax.nn.log_softmax(similarities, axis=1)
+    entropy = -jnp.sum(jnp.exp(log_p) * log_p, axis=1) / jnp.log(num_prototypes)
+    return DiversityEntropy(entropy, jnp.mean(entropy))
+
+
+def prototype_diversity_entropy(prototypes, *, squared: bool = False) -> DiversityEntropy:
+    """KMEx's diversity: the normalised entropy of each prototype's softmax similarity row.
+
+    As in KMEx's `evaluation.py::diversity`:
+      1. S_ij = log((d_ij + 1) / (d_ij + 1e-4)) with d the Euclidean distance between
+         prototypes i and j (`squared=True` uses the squared distance, as KMEx does for
+         ProtoPNet prototypes). The diagonal is included, with d_ii = 0 exactly, so
+         S_ii = log(1e4) ≈ 9.21 dominates each row.
+      2. σ_i = softmax_j(S_ij) over all P prototypes, diagonal included.
+      3. e_i = −Σ_j σ_ij log σ_ij / log P, in [0, 1]; the mean over i is the aggregate.
+    Values are small and grow as prototypes spread apart. All P prototypes are taken together
+    (pass one class's `[M, D]` prototypes for a per-class value). With P = 1, log P = 0 and
+    KMEx's rule of setting NaN to 1 gives 1; NaN from non-finite prototypes is kept.
+
+    Args:
+      prototypes: `[P, D]`.
+      squared: use squared Euclidean distances.
+
+    Returns:
+      `DiversityEntropy(per_example=[P] per-prototype entropy, aggregate=mean entropy)`.
+    """
+    prototypes = jnp.asarray(prototypes)
+    if prototypes.ndim != 2 or prototypes.shape[0] < 1:
+        raise ValueError(
+            f"prototypes must be [P, D] with P ≥ 1, got shape {tuple(prototypes.shape)}; "
+            "reshape class-grouped [K, M, D] prototypes to [K·M, D]."
+        )
+    return _prototype_diversity_entropy(prototypes, squared=squared)

@@ -1,5 +1,4 @@
-"""Projection ("push") of prototypes onto training patches, nearest-patch search, and the
-high-activation boxes that show a prototype in its source image.
+"""Projection ("push") of prototypes onto training patches, and nearest-patch search.
 
 The reductions run one batch at a time and carry a running result, so that a pass over a
 dataset needs memory proportional to one batch, not to the dataset: jit them, feed the
@@ -10,11 +9,13 @@ a sequential NumPy loop would find them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from protojax.prototypes.distances import squared_l2_distances
 
 
 class ProjectionState(NamedTuple):
@@ -167,43 +168,67 @@ def nearest_update(
     return NearestState(pick(distance), pick(label), pick(index))
 
 
-def upsample_activation(activation_map: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """Bicubic upsampling of a latent activation map to the image size.
-
-    Uses `jax.image.resize(..., "cubic")` (Keys kernel a = −0.5, half-pixel centres). The
-    official ProtoPNet uses OpenCV's `INTER_CUBIC` (a = −0.75), so upsampled values differ
-    slightly and the boxes of `high_activation_box` can differ from the official ones by a
-    pixel.
-
-    Args:
-      activation_map: `[h, w]` (for example a prototype's similarity map).
-      size: (H, W) of the image.
-
-    Returns:
-      `[H, W]` float32.
-    """
-    return jax.image.resize(jnp.asarray(activation_map, jnp.float32), tuple(size), "cubic")
+@jax.jit
+def _projection_step(state, latent, prototypes, prototype_class, batch) -> ProjectionState:
+    return projection_update(
+        state,
+        latent,
+        squared_l2_distances(latent, prototypes),
+        labels=batch["label"],
+        indices=batch["index"],
+        valid=batch["valid"],
+        prototype_class=prototype_class,
+    )
 
 
-def high_activation_box(activation_map: np.ndarray, *, percentile: float = 95.0) -> np.ndarray:
-    """The tightest box around the pixels at or above the map's `percentile`-th percentile.
-
-    ProtoPNet's `find_high_activation_crop`: the threshold is `np.percentile(map,
-    percentile)` (linear interpolation) and the box covers every pixel `>=` it.
+def project(
+    latent_map: Callable[[jax.Array], jax.Array],
+    prototypes: jax.Array,
+    prototype_class: jax.Array,
+    reduce: Callable,
+) -> ProjectionState:
+    """The nearest latent patch of its class for every prototype, over an ordered pass.
 
     Args:
-      activation_map: `[H, W]` upsampled activation.
-      percentile: in [0, 100].
-
-    Returns:
-      `[4]` int32 (y0, x0, y1, x1) with exclusive ends (the official code returns the
-      same box in the order y0, y1, x0, x1).
+      latent_map: images `[B, H, W, C]` → latent maps `[B, h, w, D]`, jitted. It runs as its
+        own program, so that the same callable recomputes the exact patch a prototype got.
+      prototypes: `[P, D]`.
+      prototype_class: `[P]` int.
+      reduce: `(fn, init) -> carry`, a fold over the batches of the pass (a run's
+        `ctx.reduce` bound to the training split).
     """
-    activation_map = np.asarray(activation_map)
-    if activation_map.ndim != 2:
-        raise ValueError(
-            f"activation_map must be [H, W], got shape {activation_map.shape}; pass one map."
+
+    def step(state, batch):
+        return _projection_step(
+            state, latent_map(batch["image"]), prototypes, prototype_class, batch
         )
-    mask = activation_map >= np.percentile(activation_map, percentile)
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    return np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1], np.int32)
+
+    return reduce(step, projection_init(*prototypes.shape))
+
+
+@jax.jit
+def _nearest_step(min_distances_fn, state: NearestState, batch) -> NearestState:
+    return nearest_update(
+        state,
+        min_distances_fn(batch["image"]),
+        labels=batch["label"],
+        indices=batch["index"],
+        valid=batch["valid"],
+    )
+
+
+def nearest_images(
+    min_distances_fn: jax.tree_util.Partial, num_prototypes: int, reduce: Callable, *, k: int
+) -> NearestState:
+    """The `k` nearest images of every prototype (ProtoPNet's `prune.py`), over an ordered
+    pass.
+
+    Args:
+      min_distances_fn: images `[B, H, W, C]` → `[B, P]` each prototype's distance to the
+        image's nearest patch, a `jax.tree_util.Partial` (it is traced inside the step).
+      num_prototypes: P.
+      reduce: `(fn, init) -> carry`, a fold over the batches of the pass.
+      k: images per prototype.
+    """
+    step = lambda state, batch: _nearest_step(min_distances_fn, state, batch)
+    return reduce(step, nearest_init(num_prototypes, k))

@@ -7,27 +7,31 @@ import dataclasses
 import functools
 import pathlib
 import zlib
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from protojax.config import ConfigDict
 from protojax.data import pipeline
 from protojax.data.base import Dataset
 from protojax.errors import UsageError
+from protojax.metrics.accuracy import accuracy
 from protojax.train.protocol import Method, Variables
 from protojax.train.workdir import FIGURES, MetricWriter, is_main_process
 
+Carry = TypeVar("Carry")
 
-def _eval_counts(method: Method, variables: Variables, batch) -> tuple[jax.Array, jax.Array]:
+
+def _eval_counts(method: Method, variables: Variables, counts: jax.Array, batch) -> jax.Array:
+    """`counts [2]` (correct, valid rows) plus those of one batch."""
     logits = method.predict(variables, batch["image"])  # [B, K]
-    correct = (jnp.argmax(logits, axis=-1) == batch["label"]) & batch["valid"]
-    return jnp.sum(correct), jnp.sum(batch["valid"])
+    correct = accuracy(logits, batch["label"], valid=batch["valid"]).per_example
+    return counts + jnp.stack([jnp.sum(correct & batch["valid"]), jnp.sum(batch["valid"])])
 
 
 @dataclasses.dataclass
@@ -109,13 +113,67 @@ class RunContext:
         ):
             yield pipeline.to_global(local, self.mesh)
 
+    def collect(
+        self,
+        fn: Callable[[dict[str, jax.Array]], Any],
+        split: str = "train",
+        *,
+        batch_size: int | None = None,
+        indices: np.ndarray | None = None,
+    ) -> Any:
+        """Runs `fn(batch)` on every batch of an ordered pass (`ordered_batches`) and returns
+        its rows, in order, as NumPy on every process, padding rows dropped.
+
+        Args:
+          fn: `batch -> pytree of [B, ...] arrays`, one row per batch row; jit it (a pass
+            calls it once per batch).
+          split, batch_size, indices: as `ordered_batches`.
+
+        Returns:
+          The pytree of `fn`'s outputs, each leaf `[N, ...]` for the N examples of the pass.
+          Collective on a multi-host mesh: every process must call it.
+        """
+        parts = []
+        for batch in self.ordered_batches(split, batch_size=batch_size, indices=indices):
+            valid = self.host(batch["valid"])
+            parts.append(jax.tree.map(lambda x, valid=valid: self.host(x)[valid], fn(batch)))
+        if not parts:
+            raise UsageError(f"The {split} split is empty; a pass over it has nothing to collect.")
+        return jax.tree.map(lambda *rows: np.concatenate(rows), *parts)
+
+    def reduce(
+        self,
+        fn: Callable[[Carry, dict[str, jax.Array]], Carry],
+        init: Carry,
+        split: str = "train",
+        *,
+        batch_size: int | None = None,
+        indices: np.ndarray | None = None,
+    ) -> Carry:
+        """Folds `carry = fn(carry, batch)` over the batches of an ordered pass, in order.
+
+        The carry is replicated on the mesh before each step, so that every step sees the
+        same input shardings (and compiles once); memory is that of one batch and the
+        carry. Jit `fn`; padding rows have `valid` false and must not count.
+
+        Args:
+          fn: `(carry, batch) -> carry`, a pytree of arrays of fixed shapes.
+          init: the first carry.
+          split, batch_size, indices: as `ordered_batches`.
+        """
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        carry = init
+        for batch in self.ordered_batches(split, batch_size=batch_size, indices=indices):
+            carry = fn(jax.device_put(carry, replicated), batch)
+        return carry
+
     def evaluate(self, variables: Variables, split: str = "val") -> float:
         """Top-1 accuracy of `method.predict` on a split."""
-        correct = total = 0
-        for batch in self.ordered_batches(split):
-            c, n = self._eval_fn(variables, batch)
-            correct, total = correct + c, total + n
-        return float(correct) / max(float(total), 1.0)
+        counts = self.reduce(
+            functools.partial(self._eval_fn, variables), jnp.zeros(2, jnp.int32), split
+        )
+        correct, total = (float(c) for c in self.host(counts))
+        return correct / max(total, 1.0)
 
     def rng(self, name: str) -> jax.Array:
         """A key for operation `name` at the current step, the same on resume."""

@@ -9,9 +9,12 @@ ends with bit-identical parameters.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import pathlib
+import signal
+import threading
 import time
 from typing import Any
 
@@ -22,6 +25,8 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from protojax import config as config_lib
+from protojax import data as data_lib
 from protojax.config import ConfigDict
 from protojax.data import load_dataset, pipeline
 from protojax.data.base import Dataset
@@ -67,6 +72,29 @@ def default_config() -> ConfigDict:
             "progress": True,
         }
     )
+
+
+# The ranges of `config.train` (see `protojax.config.validate`).
+CONFIG_RULES = (
+    config_lib.at_least("train.epochs", 0),
+    config_lib.one_of("train.precision", ("float32", "bfloat16")),
+    config_lib.at_least("train.grad_accum_steps", 1),
+    config_lib.at_least("train.checkpoint_every_steps", 0),
+    config_lib.at_least("train.keep_checkpoints", 1),
+    config_lib.at_least("train.stop_after_steps", 0),
+    config_lib.at_least("train.log_every_steps", 1),
+    config_lib.at_least("train.eval_every_epochs", 0),
+)
+
+
+def validate_config(config: ConfigDict) -> None:
+    """Checks the ranges of the sections the engine and the data layer read (a UsageError
+    names the first bad key); reads nothing from the disk."""
+    config_lib.validate(config, (*data_lib.CONFIG_RULES, *CONFIG_RULES))
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, with the one line that says where the run stands."""
 
 
 def make_data_mesh(devices=None) -> Mesh:
@@ -271,6 +299,10 @@ class _Trainer:
         self.ctx = RunContext(config, dataset, mesh, workdir, self.writer, method)
         self.steps: dict[tuple, Any] = {}
         self.save_index = -1
+        self.steps_done = 0
+        self.stop_requested = False  # a first Ctrl-C: stop at the next step boundary
+        self.forced = False  # a second one: stop at once
+        self.saved_steps: dict[int, int] = {}  # checkpoint index -> its step
         self.train_seconds = 0.0
         self.train_images = 0
         self.wall_before = 0.0
@@ -292,6 +324,7 @@ class _Trainer:
             "wall_seconds": self.wall_before + time.perf_counter() - self.started,
         }
         self.checkpointer.save(self.save_index, state, meta)
+        self.saved_steps[self.save_index] = host["step"]
 
     def restore(self, state: TrainState) -> tuple[TrainState, dict]:
         latest = self.checkpointer.latest()
@@ -299,6 +332,7 @@ class _Trainer:
             return state, {"step": 0, "phase_index": 0, "epoch_in_phase": 0}
         restored, meta = self.checkpointer.restore(abstract_state(state))
         self.save_index = meta["save_index"]
+        self.saved_steps[self.save_index] = meta["step"]
         self.ctx.records.update(meta.get("records", {}))
         self.train_seconds = meta.get("train_seconds", 0.0)
         self.train_images = meta.get("train_images", 0)
@@ -331,14 +365,16 @@ class _Trainer:
     def run(self) -> dict[str, Any] | None:
         self.started = time.perf_counter()
         per_epoch = pipeline.steps_per_epoch(
-            self.dataset.split("train"), self.config.data.batch_size
+            self.dataset.split("train"),
+            self.config.data.batch_size,
+            drop_last=self.config.data.drop_last,
         )
         state, plan = initial_state(self.method, self.config, self.dataset, self.mesh, per_epoch)
         if self.checkpointer.latest() is None:
             variables = self.method.load_pretrained(state.variables)
             state = state.replace(variables=jax.device_put(variables, self.replicated))
         state, host = self.restore(state)
-        step = host["step"]
+        step = self.steps_done = host["step"]
         stop_after = self.config.train.stop_after_steps
         if stop_after and step >= stop_after:
             log.info("Already at step %d >= train.stop_after_steps=%d.", step, stop_after)
@@ -353,12 +389,48 @@ class _Trainer:
         # Every exit, an error included, ends the bar's line (so that an error sentence gets
         # a line of its own) and ends a trace still running.
         try:
-            state, step, finished = self.train(state, plan, host, progress)
+            with self.deferred_interrupts():
+                state, step, finished = self.train(state, plan, host, progress)
+        except RunInterrupted:
+            raise
+        except KeyboardInterrupt:
+            self.forced = True
+            raise self.interrupted() from None
         finally:
             progress.close()
             self.stop_profile()
         self.checkpointer.wait()
-        return self.finish(state, step) if finished else None
+        try:
+            return self.finish(state, step) if finished else None
+        except KeyboardInterrupt:
+            raise self.interrupted() from None
+
+    @contextlib.contextmanager
+    def deferred_interrupts(self):
+        """A first Ctrl-C asks the loop to checkpoint and stop at the next step boundary (a
+        KeyboardInterrupt inside a step or a checkpoint write could lose either); a second
+        stops at once. Only in the main thread of a single-process run: on several processes
+        one process's signal cannot stop the others' collectives in step."""
+        if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
+            yield
+            return
+
+        def handler(signum, frame):
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            log.warning("Ctrl-C: stopping with a checkpoint after this step (again: at once).")
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def stop_here(self, state, host: dict) -> RunInterrupted:
+        """Checkpoints the position `host` after a first Ctrl-C; the interrupt to raise."""
+        self.save(state, host)
+        return self.interrupted()
 
     def train(self, state, plan: _Plan, host: dict, progress: Progress):
         """The phases from the restored position: `(state, step, finished)`."""
@@ -379,6 +451,8 @@ class _Trainer:
                     return state, step, False
                 epoch_in_phase += 1
                 state = self.end_of_epoch(state, plan, phase_index, epoch_in_phase, step)
+                if self.stop_requested:
+                    raise self.stop_here(state, self._host(step, phase_index, epoch_in_phase))
                 if stop_after and step >= stop_after:
                     if epoch_in_phase < phase.epochs:
                         self.checkpointer.wait()
@@ -389,7 +463,25 @@ class _Trainer:
                 state = self.apply_op(state, phase.after, step)
             phase_index, epoch_in_phase = phase_index + 1, 0
             self.save(state, self._host(step, phase_index, 0))
+            if self.stop_requested:
+                raise self.interrupted()
         return state, step, True
+
+    def interrupted(self) -> RunInterrupted:
+        """The interrupt to raise on Ctrl-C, once a checkpoint being written is complete (so
+        that the steps it holds are kept); a forced stop does not wait for it."""
+        if not self.forced:
+            self.checkpointer.wait()
+        latest = self.checkpointer.latest()
+        if latest is None or latest not in self.saved_steps:
+            return RunInterrupted(
+                f"interrupted at step {self.steps_done}, before the first checkpoint; rerun the "
+                "same command to start again"
+            )
+        return RunInterrupted(
+            f"interrupted at step {self.steps_done}; the last checkpoint is step "
+            f"{self.saved_steps[latest]}; rerun the same command to resume"
+        )
 
     # --- profiling -------------------------------------------------------------------
     def profile(self, step: int, state) -> None:
@@ -431,6 +523,7 @@ class _Trainer:
             augment=self.config.data.augment,
             num_workers=self.config.data.num_workers,
             mesh=self.mesh,
+            drop_last=self.config.data.drop_last,
         )
         pending_flags, window = None, []
         first = True
@@ -443,7 +536,7 @@ class _Trainer:
                 self.check_flags(pending_flags, step)
             pending_flags = flags
             window.append(metrics)
-            step += 1
+            step = self.steps_done = step + 1
             if first:  # the first step of a segment includes compilation
                 jax.block_until_ready(state.step)
                 first = False
@@ -458,6 +551,9 @@ class _Trainer:
                 window = []
             if step == epoch_end:
                 break
+            if self.stop_requested:
+                self.check_flags(pending_flags, step)
+                raise self.stop_here(state, self._host(step, phase_index, epoch_in_phase))
             stop = bool(train.stop_after_steps) and step >= train.stop_after_steps
             if stop or (train.checkpoint_every_steps and step % train.checkpoint_every_steps == 0):
                 # A non-finite step on a save boundary is reported by its term, not as a
@@ -576,8 +672,17 @@ def run(
 
     Returns:
       The summary dict, or None if the run stopped early (train.stop_after_steps).
+
+    Raises:
+      UsageError: a config value out of its range (before anything is written).
+      WorkdirError: the workdir is a file, not writable, holds a run of another config, or
+        another process is training in it (the main process holds `workdir/lock` while it
+        runs).
+      RunInterrupted: Ctrl-C (a KeyboardInterrupt) with the step reached and the last
+        checkpoint's.
     """
     workdir = pathlib.Path(workdir)
+    validate_config(config)
     wd.check_config(workdir, config)
     mesh = mesh or make_data_mesh()
     devices = mesh.devices.size
@@ -592,11 +697,12 @@ def run(
             f"data.batch_size={config.data.batch_size} must divide by train.grad_accum_steps "
             f"× devices = {config.train.grad_accum_steps * devices}."
         )
-    dataset = dataset or load_dataset(config.data)
-    wd.write_config(workdir, config)
-    wd.write_dataset_info(workdir, dataset)
-    trainer = _Trainer(method, config, dataset, workdir, mesh, profile_steps)
-    try:
-        return trainer.run()
-    finally:
-        trainer.close()
+    with wd.locked(workdir):
+        dataset = dataset or load_dataset(config.data)
+        wd.write_config(workdir, config)
+        wd.write_dataset_info(workdir, dataset)
+        trainer = _Trainer(method, config, dataset, workdir, mesh, profile_steps)
+        try:
+            return trainer.run()
+        finally:
+            trainer.close()

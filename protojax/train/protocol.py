@@ -1,7 +1,7 @@
 """The protocol between the training engine and a method.
 
 A method is an object with `init`, `loss`, `predict`, `embed`, `phases` and `targets`
-(DESIGN.md, "The method protocol"). The engine knows nothing else about it. Training is a
+(`Method` below). The engine knows nothing else about it. Training is a
 list of `Phase`s run in order; each names its optimizer (whose state persists across
 revisits), which parameters it trains, whether BatchNorm statistics update, and an optional
 operation run after it (push, k-means, a last-layer fit, ...).

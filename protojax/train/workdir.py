@@ -1,10 +1,16 @@
 """The work directory: config.json, dataset.json, metrics.jsonl, summary.json, figures/ and
-checkpoints/ (`protojax.load_workdir` reads one back)."""
+checkpoints/ (`protojax.load_workdir` reads one back), and `lock`, which the main process of
+the run training in it holds."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import pathlib
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -20,6 +26,7 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
 FIGURES = "figures"
+LOCK = "lock"
 
 
 def is_main_process() -> bool:
@@ -36,8 +43,7 @@ def check_config(workdir: pathlib.Path, config: ConfigDict) -> None:
       WorkdirError: the workdir holds a run whose config.json differs in a non-runtime key.
     """
     path = workdir / CONFIG
-    if workdir.exists() and not workdir.is_dir():
-        raise WorkdirError(f"--workdir {workdir} is a file; pass a directory.")
+    _check_not_a_file(workdir)
     if not path.exists() or not has_checkpoint(workdir):
         return
     try:
@@ -53,6 +59,83 @@ def check_config(workdir: pathlib.Path, config: ConfigDict) -> None:
             f"Workdir {workdir} holds a run with another config (differing keys: {shown}); "
             "use a new --workdir, or rerun with the same config to resume."
         )
+
+
+def _check_not_a_file(workdir: pathlib.Path) -> None:
+    for path in (workdir, *workdir.parents):
+        if path.exists() and not path.is_dir():
+            where = "" if path == workdir else f" (its parent {path} is)"
+            raise WorkdirError(
+                f"--workdir {workdir} is a file{where}, not a directory; pass a directory "
+                "(a new one, or that of the run to resume)."
+            )
+
+
+# The workdirs this process holds: flock belongs to an open file, so a second open of the
+# same lock file in one process would refuse its own run (runs.train locks around the data
+# loading, and the engine again).
+_HELD: dict[str, int] = {}
+
+
+@contextlib.contextmanager
+def locked(workdir: pathlib.Path) -> Iterator[None]:
+    """Creates the workdir and holds `workdir/lock` (an exclusive `fcntl.flock`) for the block,
+    on the main process; the kernel releases it on every exit, SIGKILL included, so it
+    never goes stale. The file records the holder's host and process id.
+
+    Raises:
+      WorkdirError: the workdir is a file or cannot be written, or another process holds it.
+    """
+    if not is_main_process():
+        yield
+        return
+    key = str(workdir.absolute())
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    fd = _open_lock(workdir)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkdirError(
+                f"Workdir {workdir} is in use by {_holder(fd)}; wait for that run to end "
+                "(or stop it), or pass another --workdir."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{socket.gethostname()} {os.getpid()}\n".encode(), 0)
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD[key]
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _open_lock(workdir: pathlib.Path) -> int:
+    _check_not_a_file(workdir)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        return os.open(workdir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise WorkdirError(
+            f"Workdir {workdir} cannot be written ({error.strerror}); make it writable or "
+            "pass another --workdir."
+        ) from None
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, from what it wrote into the file."""
+    fields = os.pread(fd, 256, 0).decode(errors="replace").split()
+    if len(fields) != 2:
+        return "another process"
+    host, pid = fields
+    return f"the run of process {pid} on host {host}"
 
 
 def has_checkpoint(workdir: pathlib.Path) -> bool:

@@ -149,3 +149,32 @@ def test_pipeline_outpaces_the_blackbox_digits_train_step():
     feed = pipeline_throughput(config, steps=10)["pipeline_images_per_sec"]
     step = benchmark(config, steps=3, warmup=1)["train_images_per_sec"]
     assert feed > step, (feed, step)
+
+
+def test_val_fraction_zero_trains_on_the_whole_training_split():
+    dataset = load_digits(image_size=8, val_fraction=0)
+    assert {name: len(split) for name, split in dataset.splits.items()} == {
+        "train": 1437,
+        "test": 360,
+    }
+
+
+def test_kept_last_batch_is_padded_with_invalid_rows():
+    split = _split(21)
+    assert pipeline.steps_per_epoch(split, 8) == 2
+    assert pipeline.steps_per_epoch(split, 8, drop_last=False) == 3
+    args = dict(seed=3, batch_size=8, start_step=0, end_step=6, drop_last=False)
+    batches = list(pipeline.train_batches(split, **args))
+    assert [b["image"].shape[0] for b in batches] == [8] * 6
+    for epoch in (0, 1):
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.key(3), epoch), 21))
+        three = batches[3 * epoch : 3 * epoch + 3]
+        valid = np.concatenate([b["valid"] for b in three])
+        np.testing.assert_array_equal(valid, np.arange(24) < 21)
+        index = np.concatenate([b["index"] for b in three])
+        np.testing.assert_array_equal(index[:21], order)
+        # The padding repeats the last batch's first example.
+        np.testing.assert_array_equal(index[21:], [order[16]] * 3)
+    # The full batches are those of the default stream.
+    dropped = list(pipeline.train_batches(split, **{**args, "drop_last": True, "end_step": 2}))
+    np.testing.assert_array_equal(dropped[1]["index"], batches[1]["index"])

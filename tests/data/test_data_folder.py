@@ -95,14 +95,51 @@ def test_images_decoded_resized_and_rgb(tmp_path):
             assert np.array_equal(batch["image"][i, ..., 0], batch["image"][i, ..., 2])
 
 
-def test_image_size_zero_takes_the_first_training_image(tmp_path):
+def test_image_size_zero_takes_the_side_of_a_square_first_image(tmp_path):
     root = make_tree(tmp_path / "data", splits=("train", "val", "test"))
+    before = sorted(p.name for p in root.rglob("*"))
+    # The first training image, Moth/img00.png, is 9 × 7: no square side to take.
+    first = root / "train" / "Moth" / "img00.png"
+    with pytest.raises(DataError) as info:
+        load_dataset(folder_config(root, image_size=0))
+    assert str(info.value) == (
+        f"data.image_size=0 takes the side of the first training image, but {first} is 7×9, "
+        "not square; set a square side, e.g. --config.data.image_size=9."
+    )
+    assert sorted(p.name for p in root.rglob("*")) == before
+    write_image(first, 0, size=(6, 6))
     dataset = load_dataset(folder_config(root, image_size=0))
-    first = dataset.split("train").paths[0]
-    with Image.open(first) as image:
-        width, height = image.size
-    assert dataset.image_shape == (height, width, 3)
-    assert dataset.split("val").get_batch(np.arange(3))["image"].shape == (3, height, width, 3)
+    assert dataset.image_shape == (6, 6, 3)
+    assert dataset.split("val").get_batch(np.arange(3))["image"].shape == (3, 6, 6, 3)
+
+
+def test_modes_and_sizes_are_converted_and_resized_once_logged(tmp_path, caplog):
+    root = tmp_path / "data"
+    folder = root / "train" / "a"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (5, 5, 4), dtype=np.uint8)
+    Image.fromarray(rgba, mode="RGBA").save(folder / "rgba.png")
+    Image.fromarray(rgba[..., :3]).convert("P").save(folder / "palette.png")
+    Image.fromarray(rgba[:4, :3, 0], mode="L").save(folder / "grey.png")
+    Image.fromarray(rgba[..., :3]).save(folder / "rgb.png")
+    for split in ("val", "test"):
+        (root / split / "a").mkdir(parents=True)
+        Image.fromarray(rgba[..., :3]).resize((8, 3)).save(root / split / "a" / "wide.png")
+    with caplog.at_level("INFO", logger="protojax"):
+        dataset = load_dataset(folder_config(root, image_size=5))
+    logged = [r.getMessage() for r in caplog.records if r.name == "protojax"]
+    assert logged == [
+        f"folder:{root}: of 6 images, 3 are converted to RGB (1 L, 1 P, 1 RGBA) and 3 "
+        "resized to 5×5."
+    ]
+    batch = dataset.split("train").get_batch(np.arange(4))
+    assert batch["image"].shape == (4, 5, 5, 3)
+    names = [Path(p).name for p in dataset.split("train").paths]
+    rgba_row = batch["image"][names.index("rgba.png")]
+    np.testing.assert_array_equal(rgba_row, rgba[..., :3] / np.float32(255))  # alpha dropped
+    grey_row = batch["image"][names.index("grey.png")]
+    assert np.array_equal(grey_row[..., 0], grey_row[..., 2])
 
 
 def test_errors_name_the_path(tmp_path):
@@ -127,15 +164,12 @@ def test_errors_name_the_path(tmp_path):
         load_dataset(folder_config(root))
 
 
-def test_unreadable_image_names_its_path(tmp_path):
+def test_unreadable_image_names_its_path_when_the_folder_loads(tmp_path):
     root = make_tree(tmp_path / "data", splits=("train", "val", "test"))
     broken = root / "test" / "ant" / "img00.png"
     broken.write_bytes(b"not a png at all")
-    split = load_dataset(folder_config(root)).split("test")
-    position = [str(p) for p in split.paths].index(str(broken))
-    split.get_batch(np.array([position - 1]))  # its neighbours still load
-    with pytest.raises(DataError, match=str(broken)):
-        split.get_batch(np.array([position]))
+    with pytest.raises(DataError, match=f"^Cannot read image {broken} "):
+        load_dataset(folder_config(root))
 
 
 def break_png(path: Path):

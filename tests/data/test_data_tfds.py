@@ -154,6 +154,10 @@ def test_empty_val_split_holds_out_a_stratified_fraction_of_train():
     with mocked(as_data_source_fn=fake_as_data_source):
         other = load_dataset(tfds_config("cifar10", val_fraction=0.2, split_seed=4))
     assert other.split("val").positions.tolist() != val.positions.tolist()
+    with mocked(as_data_source_fn=fake_as_data_source):
+        whole = load_dataset(tfds_config("cifar10", val_fraction=0.0))
+    assert set(whole.splits) == {"train", "test"}
+    assert whole.split("train").positions.tolist() == list(range(50))
 
 
 def test_split_specs_for_train_only_datasets():

@@ -2,6 +2,7 @@
 (diagnostics, static shapes, frozen parameters through the engine), and (slow) the digits
 targets of both methods."""
 
+import dataclasses
 import json
 
 import jax
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 
 from protojax.config import load_config, set_value
+from protojax.data.base import ArraySplit
 from protojax.data.digits import load_digits
+from protojax.errors import UsageError
 from protojax.methods import build_method, pantypes
 from protojax.methods.pantypes import Pantypes, eliminate
 from protojax.methods.protovae import ProtoVAE
@@ -67,7 +70,7 @@ def variables(method, batch):
 
 def test_pantypes_is_protovae_with_the_volume_term(method):
     assert isinstance(method, Pantypes) and isinstance(method, ProtoVAE)
-    for name in ("loss", "loss_terms", "predict", "embed", "targets", "figures", "mask_updates"):
+    for name in ("loss", "predict", "embed", "targets", "figures", "mask_updates"):
         assert getattr(Pantypes, name) is getattr(ProtoVAE, name)
     assert pantypes.inverse_volume_loss is diversity.inverse_volume_loss
     assert method.loss_weights == {
@@ -231,6 +234,81 @@ def test_elimination_flips_active_keeps_shapes_and_logs(tmp_path, method, variab
     assert np.asarray(again["prototype_state"]["active"]).all()
 
 
+def test_reset_optimizer_runs_the_epochs_after_elimination_on_a_fresh_adam(digits):
+    config = tiny_config(eliminate_at_epoch=3, reset_optimizer=True)
+    set_value(config, "train.epochs", 10)
+    before, after = Pantypes(config, digits).phases(config)
+    assert (before.epochs, after.epochs) == (3, 7)
+    # The engine keeps an optimizer's state by name: a new name starts from zero moments.
+    assert before.optimizer == "adam" and after.optimizer == pantypes.RESET_OPTIMIZER
+    assert before.trainable == after.trainable and after.after_epoch is not None
+    set_value(config, "model.reset_optimizer", False)
+    (single,) = Pantypes(config, digits).phases(config)
+    assert single.epochs == 10 and single.optimizer == "adam"
+    with pytest.raises(UsageError, match="eliminate_at_epoch"):
+        Pantypes(tiny_config(reset_optimizer=True), digits)
+    with pytest.raises(UsageError, match="usage_from"):
+        Pantypes(tiny_config(usage_from="test_pass"), digits)
+
+
+def test_usage_from_training_batches_counts_in_train_mode_and_judges(tmp_path, digits, batch):
+    config = tiny_config(usage_from="training_batches", eliminate_at_epoch=1)
+    # 64 training images keep the diagnostics pass short.
+    train = digits.split("train")
+    small = dataclasses.replace(
+        digits, splits={"train": ArraySplit(train.images[:64], train.labels[:64])}
+    )
+    method = Pantypes(config, small)
+    with jax.threefry_partitionable(False):
+        variables = jax.jit(method.init)(jax.random.key(0), batch)
+    params, state = split_state(variables)
+    active = np.ones(30, bool)
+    active[5] = False
+    state["prototype_state"] = {**state["prototype_state"], "active": jnp.asarray(active)}
+    assert not np.asarray(state["prototype_state"]["usage_counts"]).any()
+    valid = np.array([True] * 6 + [False] * 2)
+    rows = {**batch, "valid": jnp.asarray(valid)}
+    loss = jax.jit(lambda p, s, b: method.loss(p, s, b, jax.random.key(0), TRAIN))
+    _, (_, new_state) = loss(params, state, rows)
+    _, (_, twice) = loss(params, {**new_state, "batch_stats": state["batch_stats"]}, rows)
+    # Independently: the train-mode latents' nearest active prototype, valid rows only.
+    forward = jax.jit(
+        lambda v, x, on: method.net.apply(v, x, on, train=True, mutable=["batch_stats"])
+    )
+    on = state["prototype_state"]["active"]
+    outputs, _ = forward(
+        {"params": params, "batch_stats": state["batch_stats"]}, batch["image"], on
+    )
+    mu = np.asarray(outputs.mu, np.float64)
+    prototypes = np.asarray(params["prototypes"], np.float64)
+    dist = np.linalg.norm(mu[:, None] - prototypes[None], axis=-1)
+    dist[:, ~active] = np.inf
+    expected = np.bincount(dist.argmin(axis=1)[valid], minlength=30)
+    np.testing.assert_array_equal(new_state["prototype_state"]["usage_counts"], expected)
+    np.testing.assert_array_equal(twice["prototype_state"]["usage_counts"], 2 * expected)
+    # After epoch 1 the counts judge: class 1 (prototypes 3-5) keeps one of its unused
+    # prototypes, 5 is inactive already, prototype 8 of class 2 is unused.
+    counts = np.ones(30, np.int32)
+    counts[[3, 4, 5, 8]] = 0
+    trained = {
+        "params": params,
+        **state,
+        "prototype_state": {**state["prototype_state"], "usage_counts": jnp.asarray(counts)},
+    }
+    writer = MetricWriter(tmp_path)
+    ctx = RunContext(config, small, make_data_mesh(jax.devices()[:1]), tmp_path, writer, method)
+    ctx.step = 64 // 8  # the end of epoch 1
+    after = method.after_epoch(trained, ctx)
+    writer.close()
+    now = np.asarray(after["prototype_state"]["active"])
+    assert not now[[5, 8]].any() and now[[3, 4]].sum() == 1
+    assert now.sum() == 27
+    assert not np.asarray(after["prototype_state"]["usage_counts"]).any()
+    (event,) = [r for r in read_metrics(tmp_path) if r.get("kind") == "event"]
+    assert event["out_of_distribution_per_class"] == [0, 2, 1] + [0] * 7
+    assert sorted(event["eliminated_prototypes"]) == sorted(np.flatnonzero(active & ~now).tolist())
+
+
 class PrototypeToy(Method):
     """Prototypes `[P, d]` and a last layer `[P, K]` whose loss ignores inactive rows, as
     ProtoVAE's does, with or without ProtoVAE's `mask_updates`."""
@@ -241,14 +319,14 @@ class PrototypeToy(Method):
     def init(self, rng, batch):
         del batch
         return {
-            "params": {"prototypes": jnp.ones((6, 3)), "last_layer": jnp.ones((6, 2))},
+            "params": {"prototypes": jnp.ones((6, 3)), "last_layer": {"kernel": jnp.ones((6, 2))}},
             "prototype_state": {"active": jnp.ones(6, bool)},
         }
 
     def loss(self, params, state, batch, rng, phase):
         keep = state["prototype_state"]["active"][:, None]
         total = jnp.sum(jnp.where(keep, params["prototypes"], 0.0) ** 2) + jnp.sum(
-            jnp.where(keep, params["last_layer"], 0.0) ** 2
+            jnp.where(keep, params["last_layer"]["kernel"], 0.0) ** 2
         )
         return total, ({"loss": total}, state)
 
@@ -283,10 +361,11 @@ def test_the_engine_keeps_eliminated_prototypes_frozen(masked, batch):
     state, _, _ = step(state, batch)
     after = jax.tree.map(np.asarray, state.variables["params"])
     for name in ("prototypes", "last_layer"):
-        assert np.all(after[name][active] != before[name][active])
+        old, new = (np.asarray(jax.tree.leaves(t[name])[0]) for t in (before, after))
+        assert np.all(new[active] != old[active])
         # The gradient of the inactive rows is 0, yet Adam's momentum moves them unless
         # mask_updates zeroes their updates.
-        frozen = np.all(after[name][~active] == before[name][~active])
+        frozen = np.all(new[~active] == old[~active])
         assert frozen == masked
 
 

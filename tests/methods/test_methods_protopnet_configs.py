@@ -90,3 +90,10 @@ def test_big_configs_need_their_weights_file(tmp_path):
     assert str(tmp_path / "resnet34_imagenet.npz") in message
     assert "python -m experiments.convert_weights --arch=resnet34" in message
     assert "model.allow_random_init=True" in message
+
+
+@pytest.mark.parametrize("name", ["protopnet_cub", "protopnet_cars"])
+def test_fine_grained_configs_default_to_the_official_augmentor_mix(name):
+    augment = load_config(name).data.augment
+    assert augment.augmentor_mix and augment.hflip
+    assert augment.rotation_degrees == 0.0 and augment.crop_padding == 0

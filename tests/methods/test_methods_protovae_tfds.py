@@ -1,4 +1,4 @@
-"""`protovae_cifar` end to end: one training step under `tfds.testing.mock_data`, and the
+"""`protovae_cifar` end to end: one epoch under `tfds.testing.mock_data`, and the
 launcher's dataset message when CIFAR-10 is not prepared (always the case offline)."""
 
 import json
@@ -15,9 +15,10 @@ from protojax.train import make_data_mesh
 from protojax.train.workdir import read_metrics
 
 
-def test_protovae_cifar_runs_one_step_under_mock_data(tmp_path):
+def test_protovae_cifar_runs_one_epoch_under_mock_data(tmp_path):
     config = load_config("protovae_cifar")
-    # 20 mock examples per split, the mock test split as validation: one batch of 16.
+    # 20 mock examples per split, the mock test split as validation: a batch of 16 and, as
+    # the official loader keeps it (data.drop_last=False), a last one of 4 padded to 16.
     for key, value in [
         ("data.val_split", "test"),
         ("data.batch_size", 16),
@@ -33,7 +34,7 @@ def test_protovae_cifar_runs_one_step_under_mock_data(tmp_path):
         tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE),
     ):
         summary = train_run(config, tmp_path, make_data_mesh(jax.devices()[:1]))
-    assert summary["steps"] == 1
+    assert summary["steps"] == 2
     assert 0.0 <= summary["test_accuracy"] <= 1.0
     assert np.isfinite(summary["prototype_log_volume"])
     assert [k for k in summary if "volume" in k] == ["prototype_log_volume"]

@@ -20,8 +20,7 @@ def test_two_blobs_all_components_count():
     # Image 0's box is B's, the smaller blob, so only an all-component (v2) evaluation finds it.
     # Image 1's box (1, 1, 3, 6) has area 10 and contains A's box (area 6): IoU 0.6.
     boxes = [np.array([[5, 6, 7, 8]]), np.array([[1, 1, 3, 6]])]
-    result = max_box_accuracy(saliency, boxes, num_thresholds=10)
-    agg = result.aggregate
+    result = agg = max_box_accuracy(saliency, boxes, num_thresholds=10)
     # τ = 0 keeps the whole image (box (0, 0, 8, 10), IoU 8/80 and 10/80): both wrong.
     # τ = 0.1 .. 0.5 keeps A and B: image 0 right at every δ, image 1 right for δ ≤ 0.6.
     # τ = 0.6 .. 0.9 keeps only A: image 0 wrong, image 1 right for δ ≤ 0.6.
@@ -30,9 +29,12 @@ def test_two_blobs_all_components_count():
     expected_box_acc[6:] = [0.5, 0.5, 0.0]
     np.testing.assert_allclose(agg.box_acc, expected_box_acc)
     np.testing.assert_allclose(agg.max_box_acc, [1.0, 1.0, 0.5])
-    np.testing.assert_allclose(agg.mean, 2.5 / 3, rtol=1e-6)
+    np.testing.assert_allclose(agg.aggregate, 2.5 / 3, rtol=1e-6)
+    assert float(result.aggregate) == pytest.approx(2.5 / 3)  # MetricResult's convention
     np.testing.assert_allclose(agg.best_cam_threshold, [0.1, 0.1, 0.1], rtol=1e-6)  # first τ
-    np.testing.assert_array_equal(result.per_example, [[True, True, True], [True, True, False]])
+    np.testing.assert_array_equal(result.correct, [[True, True, True], [True, True, False]])
+    np.testing.assert_allclose(result.per_example, [1.0, 2 / 3], rtol=1e-6)
+    assert float(np.mean(result.per_example)) == pytest.approx(float(result.aggregate))
     np.testing.assert_allclose(agg.cam_thresholds, np.arange(10) / 10, rtol=1e-6)
     np.testing.assert_allclose(agg.iou_thresholds, [0.3, 0.5, 0.7], rtol=1e-6)
 
@@ -43,14 +45,14 @@ def test_default_thresholds_are_the_official_thousand():
     # τ = 0.001 .. 0.5 boxes both blobs, τ > 0.5 only A.
     saliency = np.stack([_two_blob_map(), _two_blob_map()])
     boxes = [np.array([[5, 6, 7, 8]]), np.array([[1, 1, 3, 6]])]
-    agg = max_box_accuracy(saliency, boxes).aggregate
+    agg = max_box_accuracy(saliency, boxes)
     np.testing.assert_allclose(agg.cam_thresholds, np.arange(0, 1, 0.001), atol=1e-7)
     box_acc = np.asarray(agg.box_acc)
     np.testing.assert_allclose(box_acc[0], [0.0, 0.0, 0.0])
     np.testing.assert_allclose(box_acc[1:501], np.tile([1.0, 1.0, 0.5], (500, 1)))
     np.testing.assert_allclose(box_acc[501:], np.tile([0.5, 0.5, 0.0], (499, 1)))
     np.testing.assert_allclose(agg.best_cam_threshold, [0.001] * 3, rtol=1e-6)
-    np.testing.assert_allclose(agg.mean, 2.5 / 3, rtol=1e-6)
+    np.testing.assert_allclose(agg.aggregate, 2.5 / 3, rtol=1e-6)
 
 
 def test_threshold_behaviour_on_nested_squares():
@@ -61,17 +63,17 @@ def test_threshold_behaviour_on_nested_squares():
     scoremap[2:4, 2:4] = 1.0
     boxes = np.array([[[1, 1, 5, 5]]])
     result = max_box_accuracy(scoremap[None], boxes, num_thresholds=10)
-    box_acc = np.asarray(result.aggregate.box_acc)
+    box_acc = np.asarray(result.box_acc)
     # τ = 0: the full image, IoU 16/36 ≈ 0.44: right only at δ = 0.3.
     np.testing.assert_array_equal(box_acc[0], [1, 0, 0])
     # τ = 0.1 .. 0.5: the ring's box, IoU 1; τ = 0.5 keeps the 0.5 pixels (map ≥ τ).
     np.testing.assert_array_equal(box_acc[1:6], np.ones((5, 3)))
     # τ = 0.6 .. 0.9: the core's box, IoU 4/16 = 0.25: wrong everywhere.
     np.testing.assert_array_equal(box_acc[6:], np.zeros((4, 3)))
-    np.testing.assert_allclose(result.aggregate.best_cam_threshold, [0.0, 0.1, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(result.best_cam_threshold, [0.0, 0.1, 0.1], rtol=1e-6)
     # Min-max normalisation makes the metric blind to scale and offset.
     shifted = max_box_accuracy(3.0 * scoremap[None] - 7.0, boxes, num_thresholds=10)
-    np.testing.assert_array_equal(shifted.aggregate.box_acc, box_acc)
+    np.testing.assert_array_equal(shifted.box_acc, box_acc)
 
 
 def test_constant_map_padding_and_eight_connectivity():
@@ -91,13 +93,13 @@ def test_constant_map_padding_and_eight_connectivity():
     result = max_box_accuracy(
         np.stack([constant, diagonal, diagonal]), boxes, iou_thresholds=(0.9,), num_thresholds=4
     )
-    box_acc = np.asarray(result.aggregate.box_acc)[:, 0]
+    box_acc = np.asarray(result.box_acc)[:, 0]
     # Constant: right only at τ = 0. Diagonal: wrong at τ = 0 (whole image, IoU 4/20), right
     # at τ ≥ 0.25 (IoU 1; with 4-connectivity two 1-px boxes would reach only 0.25).
     np.testing.assert_allclose(box_acc, [1 / 3, 1 / 3, 1 / 3, 1 / 3])
-    np.testing.assert_array_equal(result.per_example[:, 0], [True, False, False])
+    np.testing.assert_array_equal(result.correct[:, 0], [True, False, False])
     alone = max_box_accuracy(diagonal[None], boxes[1:2], iou_thresholds=(0.9,), num_thresholds=4)
-    np.testing.assert_array_equal(np.asarray(alone.aggregate.box_acc)[:, 0], [0, 1, 1, 1])
+    np.testing.assert_array_equal(np.asarray(alone.box_acc)[:, 0], [0, 1, 1, 1])
 
 
 def _components(foreground):
@@ -152,10 +154,10 @@ def test_matches_brute_force_reference():
     result = max_box_accuracy(
         saliency, boxes, iou_thresholds=iou_thresholds, num_thresholds=num_thresholds
     )
-    np.testing.assert_allclose(result.aggregate.box_acc, box_acc, rtol=1e-6)
-    np.testing.assert_allclose(result.aggregate.max_box_acc, box_acc.max(0), rtol=1e-6)
+    np.testing.assert_allclose(result.box_acc, box_acc, rtol=1e-6)
+    np.testing.assert_allclose(result.max_box_acc, box_acc.max(0), rtol=1e-6)
     best_t = box_acc.argmax(0)
-    np.testing.assert_array_equal(result.per_example, correct[:, best_t, [0, 1, 2]])
+    np.testing.assert_array_equal(result.correct, correct[:, best_t, [0, 1, 2]])
 
 
 def test_rejects_bad_inputs():

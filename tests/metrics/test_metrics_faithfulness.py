@@ -162,3 +162,22 @@ def test_rejects_bad_inputs():
         deletion_curve(_pixel_sum, _IMAGE, _SALIENCY, fill=np.zeros(3))
     with pytest.raises(ValueError, match=r"\[N\] scores"):
         deletion_curve(lambda x: x.sum(axis=(1, 2)), _IMAGE, _SALIENCY)
+
+
+def test_structureless_maps_use_row_major_order_and_only_the_order_matters():
+    images = np.arange(1.0, 7.0, dtype=np.float32).reshape(1, 2, 3, 1)
+    row_major = -np.arange(6, dtype=np.float32).reshape(1, 2, 3)  # ranks pixels 0, 1, ..., 5
+    reference = deletion_curve(_pixel_sum, images, row_major, steps=6)
+    # Removing 1, 2, ..., 6 in turn from 21.
+    np.testing.assert_allclose(reference.scores, [[21, 20, 18, 15, 11, 6, 0]])
+    for constant in (0.0, 2.0, -3.0):  # all zeros, positive, negative: row-major order
+        same = deletion_curve(_pixel_sum, images, np.full((1, 2, 3), constant), steps=6)
+        np.testing.assert_array_equal(same.scores, reference.scores)
+    # An all-negative map orders pixels as the same map shifted to positive values.
+    negative = np.array([[[-5.0, -1.0, -3.0], [-2.0, -6.0, -4.0]]], np.float32)
+    shifted = insertion_curve(_pixel_sum, images, negative + 10.0, steps=6)
+    np.testing.assert_array_equal(
+        insertion_curve(_pixel_sum, images, negative, steps=6).scores, shifted.scores
+    )
+    # Inserting pixels 2, 4, 3, 6, 1, 5 (values 2, 4, 3, 6, 1, 5) into zeros.
+    np.testing.assert_allclose(shifted.scores, [[0, 2, 6, 9, 15, 16, 21]])

@@ -99,7 +99,7 @@ def test_relevance_mass_accuracy_hand_cases():
     saliency = np.array(
         [
             [[1.0, -2.0], [3.0, 0.0]],  # R⁺ = 1 + 3 = 4, inside (0,0),(1,1): 1 → 0.25
-            [[-1.0, -2.0], [-3.0, 0.0]],  # no positive relevance: NaN
+            [[-1.0, -2.0], [-3.0, 0.0]],  # no positive relevance: none inside, 0
             [[1.0, 1.0], [1.0, 1.0]],  # empty mask: NaN
             [[2.0, 2.0], [0.0, -5.0]],  # R⁺ = 4, inside (0,1),(1,1): 2 → 0.5
         ],
@@ -115,9 +115,9 @@ def test_relevance_mass_accuracy_hand_cases():
     )
     result = relevance_mass_accuracy(saliency, masks)
     per_example = np.asarray(result.per_example)
-    np.testing.assert_allclose(per_example[[0, 3]], [0.25, 0.5], rtol=1e-6)
-    assert np.all(np.isnan(per_example[[1, 2]]))
-    np.testing.assert_allclose(result.aggregate, 0.375, rtol=1e-6)
+    np.testing.assert_allclose(per_example[[0, 1, 3]], [0.25, 0.0, 0.5], rtol=1e-6)
+    assert np.isnan(per_example[2])
+    np.testing.assert_allclose(result.aggregate, 0.75 / 3, rtol=1e-6)
 
 
 def test_relevance_mass_accuracy_matches_numpy_formula():
@@ -129,3 +129,45 @@ def test_relevance_mass_accuracy_matches_numpy_formula():
     np.testing.assert_allclose(
         relevance_mass_accuracy(saliency, masks).per_example, expected, rtol=1e-5
     )
+
+
+# Maps without structure, on a 3 × 4 grid whose mask is the 3 pixels (1, 1), (1, 2), (2, 3).
+_GRID = (3, 4)
+_INSIDE = [(1, 1), (1, 2), (2, 3)]
+
+
+def _structureless_maps():
+    """Zero, constant positive, constant negative and all-negative (varying) maps."""
+    varying = -1.0 - np.arange(12, dtype=np.float32).reshape(_GRID)  # largest at (0, 0)
+    varying[2, 3] = -0.5  # the least negative: the peak
+    return np.stack([np.zeros(_GRID), np.full(_GRID, 2.0), np.full(_GRID, -3.0), varying]).astype(
+        np.float32
+    )
+
+
+def test_structureless_maps_have_the_documented_values():
+    saliency = _structureless_maps()
+    masks = np.stack([_mask(_GRID, _INSIDE)] * 4)
+    # Pointing game: constant maps peak at (0, 0), outside; the varying one at (2, 3), inside.
+    np.testing.assert_array_equal(
+        pointing_game(saliency, masks).per_example, [False, False, False, True]
+    )
+    # Relevance rank, K = 3: constant maps take the first three pixels in row-major order,
+    # (0, 0), (0, 1), (0, 2), none inside; the varying map ranks (2, 3), (0, 0), (0, 1): 1 of 3.
+    np.testing.assert_allclose(
+        relevance_rank_accuracy(saliency, masks).per_example, [0, 0, 0, 1 / 3], rtol=1e-6
+    )
+    # Relevance mass: only the constant positive map has positive relevance, 3 of 12 pixels
+    # inside; the others have none inside: 0, never NaN.
+    mass = relevance_mass_accuracy(saliency, masks)
+    np.testing.assert_allclose(mass.per_example, [0, 0.25, 0, 0], rtol=1e-6)
+    assert float(mass.aggregate) == pytest.approx(0.25 / 4)
+
+
+def test_empty_masks_are_undefined_or_misses():
+    saliency = _structureless_maps()
+    masks = np.zeros((4, *_GRID), bool)
+    assert not np.any(pointing_game(saliency, masks, tolerance=10).per_example)
+    for metric in (relevance_rank_accuracy, relevance_mass_accuracy):
+        result = metric(saliency, masks)
+        assert np.all(np.isnan(result.per_example)) and np.isnan(result.aggregate)

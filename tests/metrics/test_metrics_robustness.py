@@ -36,16 +36,17 @@ def _sensitivity(scale, normalize):
 
 def test_insensitive_explainer_scores_zero_and_zero_explanations_nan():
     # With r = 0.25, x = 1.5 stays in (1.25, 1.75), where floor is constantly 1: no change, 0;
-    # x = 0.5 stays in (0.25, 0.75), where floor is 0: no change either.
-    images = jnp.stack([jnp.full((3, 3, 1), 1.5), jnp.full((3, 3, 1), 0.5)])
+    # x = 0.5 stays in (0.25, 0.75), where floor is 0: no change either; x = -1.5 gives the
+    # constant all-negative explanation -2: no change, 0.
+    images = jnp.stack([jnp.full((3, 3, 1), v) for v in (1.5, 0.5, -1.5)])
     result = max_sensitivity(_floor, images, rng=_RNG, radius=0.25, num_samples=_SAMPLES)
-    np.testing.assert_array_equal(result.per_example, [0.0, 0.0])
+    np.testing.assert_array_equal(result.per_example, [0.0, 0.0, 0.0])
     assert float(result.aggregate) == 0.0
     # Relative to the explanation, x = 0.5's value is 0 / ‖floor(0.5)‖ = 0 / 0: NaN, left out.
     relative = max_sensitivity(
         _floor, images, rng=_RNG, radius=0.25, num_samples=_SAMPLES, normalize="explanation"
     )
-    assert float(relative.per_example[0]) == 0.0
+    assert float(relative.per_example[0]) == float(relative.per_example[2]) == 0.0
     assert np.isnan(relative.per_example[1])
     assert float(relative.aggregate) == 0.0
 

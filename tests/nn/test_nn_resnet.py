@@ -93,7 +93,7 @@ def test_shapes_and_parameter_counts_at_224(arch, stem):
     assert {name: m.shape for name, m in maps.items()} == expected
     assert final.shape == expected["layer4"]
     if stem == "imagenet":
-        assert final.shape[1:3] == (7, 7)  # METHODS.md §1.2: a 7×7 grid at 224 px
+        assert final.shape[1:3] == (7, 7)  # ProtoPNet's model.py: a 7×7 grid at 224 px
     assert final.shape[-1] == feature_channels(arch)
     # Every torch tensor has a Flax counterpart of the same size.
     shapes = torchvision_shapes(arch, stem)

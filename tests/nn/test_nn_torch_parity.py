@@ -9,10 +9,15 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from experiments.convert_weights import convert  # noqa: E402
-from protojax.errors import CheckpointError  # noqa: E402
+from protojax.errors import CheckpointError, ProtojaxError  # noqa: E402
 from protojax.nn import backbone_by_name  # noqa: E402
-from protojax.nn.torch_reference import torch_resnet  # noqa: E402
+from protojax.nn.torch_reference import import_torchvision, torch_resnet  # noqa: E402
 from protojax.nn.weights import load_variables  # noqa: E402
+
+try:  # the real ResNet class, imported through the shim
+    import_torchvision()
+except ProtojaxError:
+    pytest.skip("torchvision is not installed", allow_module_level=True)
 
 SEEDS = {"resnet18": 11, "resnet50": 12}
 

@@ -191,8 +191,8 @@ def test_converter_usage_errors():
 
     with pytest.raises(UsageError, match="exactly one of"):
         convert(arch="resnet18", out="x.npz")
-    with pytest.raises(UsageError, match="Unknown --arch 'vgg16'"):
-        convert(arch="vgg16", out="x.npz", random_init=True)
+    with pytest.raises(UsageError, match="Unknown --arch 'vgg17'"):
+        convert(arch="vgg17", out="x.npz", random_init=True)
 
 
 def test_missing_torch_gives_the_install_command(monkeypatch):
@@ -212,4 +212,4 @@ def test_launcher_exit_code_and_last_line(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2
     lines = (result.stdout + result.stderr).strip().splitlines()
-    assert lines[-1] == "Pass exactly one of --torch_checkpoint=PATH.pth and --random_init."
+    assert lines[-1] == "Pass exactly one of --torch_checkpoint=PATH and --random_init."

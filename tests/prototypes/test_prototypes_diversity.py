@@ -36,13 +36,16 @@ def float64_inverse_volume(p, scale=1.0, jitter=1e-6, active=None):
     return float(np.mean(np.exp(-0.5 * (float64_log_det(p, jitter, active) + m * np.log(scale)))))
 
 
-def float64_orthonormality(p, active=None):
+def float64_orthonormality(p, active=None, form="prototypes"):
     losses = []
     for k, block in enumerate(np.asarray(p, np.float64)):
         if active is not None:
             block = block[np.asarray(active[k], bool)]
         centred = block - block.mean(0)
-        losses.append(np.linalg.norm(centred @ centred.T - np.eye(len(block))))
+        if form == "prototypes":
+            losses.append(np.linalg.norm(centred @ centred.T - np.eye(len(block))))
+        else:
+            losses.append(np.linalg.norm(centred.T @ centred - np.eye(block.shape[1])))
     return float(np.mean(losses))
 
 
@@ -235,3 +238,31 @@ def test_prototype_usage_counts_the_most_similar_active_prototype():
         usage.unused_per_class, np.bincount(prototype_class[unused], minlength=3)
     )
     assert 2 in usage.unused and 4 not in usage.unused
+
+
+def test_orthonormality_dimensions_form_matches_numpy(prototype_sets):
+    """The d×d form of the paper-time official code, value and gradient, against float64."""
+    p = prototype_sets["well-conditioned"]
+    loss = jax.jit(diversity.orthonormality_loss, static_argnames="form")
+    np.testing.assert_allclose(
+        loss(p, form="dimensions"), float64_orthonormality(p, form="dimensions"), rtol=1e-5
+    )
+    active = np.ones((3, 5), bool)
+    active[1, [0, 3]] = False
+    np.testing.assert_allclose(
+        loss(p, active=active, form="dimensions"),
+        float64_orthonormality(p, active, form="dimensions"),
+        rtol=1e-5,
+    )
+    # d(mean_k ‖C_kᵀC_k − I‖)/dP_k = 2 C_k R_k / (K ‖R_k‖), R_k = C_kᵀC_k − I: the centring's
+    # Jacobian drops out, since the rows of C_k, and so those of C_k R_k, sum to zero.
+    grad = jax.grad(lambda q: diversity.orthonormality_loss(q, form="dimensions"))(p)
+    for k, block in enumerate(p.astype(np.float64)):
+        centred = block - block.mean(0)
+        residual = centred.T @ centred - np.eye(16)
+        expected = 2 * centred @ residual / (3 * np.linalg.norm(residual))
+        np.testing.assert_allclose(grad[k], expected, rtol=1e-4, atol=1e-6)
+    # Its norm cannot fall below √(d − M + 1): the centred Gram has rank ≤ M − 1.
+    assert float(loss(p, form="dimensions")) >= np.sqrt(16 - 5 + 1)
+    with pytest.raises(ValueError, match="form"):
+        diversity.orthonormality_loss(p, form="rows")

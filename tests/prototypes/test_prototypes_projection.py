@@ -8,12 +8,10 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from protojax.prototypes.projection import (
-    high_activation_box,
     nearest_init,
     nearest_update,
     projection_init,
     projection_update,
-    upsample_activation,
 )
 from protojax.train import make_data_mesh
 
@@ -122,29 +120,3 @@ def test_nearest_matches_a_stable_sort(data):
         np.testing.assert_array_equal(state.index[j], order)
         np.testing.assert_array_equal(state.label[j], labels[order])
         np.testing.assert_array_equal(state.distance[j], min_distances[order, j])
-
-
-def test_high_activation_box_matches_a_loop():
-    rng = np.random.default_rng(1)
-    for _ in range(5):
-        activation = rng.normal(size=(17, 23)).astype(np.float32)
-        threshold = np.percentile(activation, 95)
-        ys = [y for y in range(17) for x in range(23) if activation[y, x] >= threshold]
-        xs = [x for y in range(17) for x in range(23) if activation[y, x] >= threshold]
-        expected = [min(ys), min(xs), max(ys) + 1, max(xs) + 1]
-        np.testing.assert_array_equal(high_activation_box(activation), expected)
-    # One bright 2×3 block in a 10×10 map: exactly its box (6 of 100 pixels ≥ the 95th pct).
-    block = np.zeros((10, 10))
-    block[4:6, 2:5] = 1.0
-    np.testing.assert_array_equal(high_activation_box(block), [4, 2, 6, 5])
-
-
-def test_upsample_activation_keeps_constants_and_peaks():
-    np.testing.assert_allclose(upsample_activation(np.full((3, 3), 2.5), (12, 12)), 2.5, rtol=1e-6)
-    peak = np.zeros((7, 7), np.float32)
-    peak[2, 5] = 1.0
-    up = np.asarray(upsample_activation(peak, (28, 28)))
-    assert up.shape == (28, 28)
-    y, x = np.unravel_index(np.argmax(up), up.shape)
-    # Latent cell (2, 5) covers pixels [8, 12) × [20, 24) with half-pixel centres.
-    assert 8 <= y < 12 and 20 <= x < 24

@@ -413,6 +413,29 @@ def test_progress_bar_on_a_terminal_and_plain_lines_otherwise():
     assert plain.getvalue().count("\n") == 2
 
 
+class OnePhaseToy(Toy):
+    def phases(self, config):
+        return [Phase("first", 1, "adam", ((".*", adam(1e-2)),))]
+
+
+def test_no_val_split_and_kept_last_batch(tmp_path, mesh2):
+    """val_fraction=0 and drop_last=False: ceil(1,437 / 32) = 45 steps, no val figures, and
+    the reported accuracy is that of the final parameters."""
+    config = toy_config()
+    config.data.val_fraction = 0.0
+    config.data.drop_last = False
+    dataset = load_digits(image_size=8, val_fraction=0.0)
+    summary = run(OnePhaseToy(), config, tmp_path, mesh2, dataset=dataset)
+    assert summary["steps"] == 45 and summary["val_accuracy"] is None
+    variables = _restore(tmp_path, dataset, OnePhaseToy())
+    method = OnePhaseToy()
+    test = dataset.split("test")
+    images = test.get_batch(np.arange(len(test)))["image"]
+    predicted = np.argmax(method.predict(variables, images), axis=1)
+    assert summary["test_accuracy"] == pytest.approx(np.mean(predicted == test.labels))
+    assert not any("val_accuracy" in r for r in read_metrics(tmp_path) if r["kind"] == "epoch")
+
+
 class CountingToy(Toy):
     """Counts the traces of its loss: one per compiled step."""
 

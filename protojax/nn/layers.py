@@ -1,0 +1,111 @@
+"""Torch-style layers shared by the backbones: convolutions with explicit padding, norms with
+torch's epsilons, and pools padded as torch pads them.
+
+Flax's "SAME" pads a stride-2 conv on an even input differently from torch's `padding=k // 2`,
+so every conv here takes its padding explicitly. BatchNorm momentum 0.9 is torch's 0.1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Kaiming normal with fan-out, as torchvision's `kaiming_normal_(mode="fan_out", "relu")`.
+KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# Kaiming normal with fan-in, as torch's `kaiming_normal_` defaults.
+KAIMING_FAN_IN = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+# Truncated normal of std 0.02 (ConvNeXt, ViT).
+TRUNC_NORMAL_002 = nn.initializers.truncated_normal(0.02)
+
+
+def conv2d(
+    features: int,
+    kernel: int,
+    *,
+    stride: int = 1,
+    padding: int | None = None,
+    bias: bool = False,
+    groups: int = 1,
+    kernel_init: Callable = KAIMING_FAN_OUT,
+    name: str,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+) -> nn.Conv:
+    """`torch.nn.Conv2d(..., kernel, stride, padding, groups, bias)`; padding defaults to
+    `kernel // 2` on every side."""
+    pad = kernel // 2 if padding is None else padding
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        feature_group_count=groups,
+        use_bias=bias,
+        kernel_init=kernel_init,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )
+
+
+def batch_norm(train: bool, *, name: str, dtype=jnp.float32, param_dtype=jnp.float32):
+    """`torch.nn.BatchNorm2d` (epsilon 1e-5, momentum 0.1 in torch's convention)."""
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )
+
+
+def layer_norm(*, name: str, epsilon: float = 1e-6, dtype=jnp.float32, param_dtype=jnp.float32):
+    """`torch.nn.LayerNorm` over the last (channel) axis."""
+    return nn.LayerNorm(epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+def max_pool(x: jax.Array, *, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
+    """Max-pool padded with −inf, as `torch.nn.MaxPool2d(window, stride, padding)`.
+
+    Args:
+      x: `[B, H, W, C]`.
+      window: square window size.
+      stride: stride in both spatial dimensions.
+      padding: rows and columns of −inf added on every side (floor mode, as torch's default).
+
+    Returns:
+      `[B, (H + 2p − window) // stride + 1, (W + 2p − window) // stride + 1, C]`.
+    """
+    pad = ((padding, padding), (padding, padding))
+    # Flax's max_pool pads through reduce_window with its −inf initial value.
+    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pad)
+
+
+def avg_pool(x: jax.Array, *, window: int = 2, stride: int = 2) -> jax.Array:
+    """`torch.nn.AvgPool2d(window, stride)` without padding: `[B, H, W, C]` →
+    `[B, (H − window) // stride + 1, (W − window) // stride + 1, C]`."""
+    return nn.avg_pool(x, (window, window), strides=(stride, stride), padding="VALID")
+
+
+def check_return_layers(family: str, requested, known) -> None:
+    """Stops with one sentence on a `return_layers` name the family does not have."""
+    from protojax.errors import UsageError
+
+    unknown = [name for name in requested if name not in known]
+    if unknown:
+        raise UsageError(
+            f"Unknown {family} layer '{unknown[0]}' in return_layers; "
+            f"use names among {', '.join(known)}."
+        )
+
+
+def check_images(family: str, x: jax.Array) -> None:
+    if x.ndim != 4:
+        raise ValueError(
+            f"{family} expects images [B, H, W, C] but got shape {x.shape}; "
+            "add a batch axis or move channels last."
+        )
