@@ -1,26 +1,43 @@
-"""Explains a trained model's predictions from its work directory.
+"""Explains a trained model's predictions with every explainer, beside its own explanation.
 
-  python -m experiments.explain --workdir=DIR [--num_images=N] [--top_k=3] [--split=test]
+  python -m experiments.explain --workdir=DIR [--explainers=saliency,smoothgrad,...]
+      [--num_images=8] [--target=class_logit] [--split=test] [--batch_size=256] [--out=DIR]
 
-For ProtoPNet it writes, under DIR/explanations/:
-- `image_NNN.png`, one per explained image ("this looks like that"): the image with its
-  predicted and true class and the predicted logit, then, for each of the `top_k` prototypes
-  that add most to the predicted logit, the prototype's activation on the image (overlay and
-  its 95th-percentile box), the prototype's source image with its box, the source patch, and
-  the similarity, the last-layer weight to the predicted class and their product, the
-  contribution;
-- `gallery/class_KKK.png`, each class's prototypes: source patch and source image with box;
-- `explanations.json`, the numbers behind the figures.
+Explainers (`--explainers`, comma-separated, in the grid's column order; default: every one
+that applies): saliency, smoothgrad, integrated_gradients, gradcam, occlusion, rise, relax,
+lrp, and prp for methods that export a `prp` target (ProtoPNet, ProtoVAE, Pantypes).
 
-The model must have been pushed (its prototypes are training patches). The data is loaded
-from the run's `config.data`. Other methods' runs stop with exit code 2 before their
-checkpoint is read (ProtoVAE and Pantypes runs write their figures while training).
+Targets (`--target`), each a score the method exports in `targets()`:
+- `class_logit` (default) or `class_probability`: of each image's predicted class;
+- `prototype:J`: prototype J's similarity;
+- `nearest_prototype`: the similarity to each image's most similar prototype;
+- `latent`: the embedding, which only RELAX explains (RELAX always explains the embedding).
+PRP explains prototype J for `prototype:J`, and otherwise each image's most similar prototype
+(of its predicted class, for the class targets).
+
+The explainers see images in [0, 1] (the loaded run normalises inside, see
+`protojax.load_workdir`): integrated gradients' baseline, occlusion's fill and the masks of
+RISE and RELAX are black.
+
+It writes, under DIR/explanations/SPLIT/ (or --out, which must be new, empty or an earlier
+output of this launcher), replaced whole, so that only this launch's files are there:
+- `grid.png`: rows are images (with prediction and label), columns are explainers;
+- `image_NNN/EXPLAINER.png`: one figure per image and explainer, with its colour bar, and
+  `image_NNN/image.json`, the image's prediction, label, probability and explained score;
+- the method's own explanation beside them, from its module's `own_explanation` hook: for
+  example ProtoPNet's "this looks like that" (`image_NNN/this_looks_like_that.png` and the
+  class galleries), ProtoVAE's and Pantypes' decoded prototypes with the image's
+  similarities, FLINT's most relevant attributes;
+- `posthoc.json`: the settings, timings and the figures written.
+
+Then it rewrites the run's report, DIR/report/index.html (`protojax.runs.write_run_report`).
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import sys
 
 import numpy as np
 from absl import flags
@@ -30,168 +47,228 @@ from protojax.errors import UsageError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Work directory of a training run.")
+flags.DEFINE_string(
+    "explainers", "", "Comma-separated explainers, in the grid's column order (default: all)."
+)
 flags.DEFINE_integer("num_images", 8, "Images of the split to explain (its first ones).")
-flags.DEFINE_integer("top_k", 3, "Prototypes shown per image.")
+flags.DEFINE_string("target", "class_logit", "Score explained (see above).")
 flags.DEFINE_string("split", "test", "Split whose images are explained.")
-flags.DEFINE_string("out", "", "Output directory (default: WORKDIR/explanations).")
+flags.DEFINE_integer("batch_size", 256, "Perturbed images an explainer evaluates at once.")
+flags.DEFINE_string("gradcam_layer", "", "Module path Grad-CAM explains (default: the backbone).")
+flags.DEFINE_integer("seed", 0, "Seed of SmoothGrad's noise and the RISE and RELAX masks.")
+flags.DEFINE_string("out", "", "Output folder (default: WORKDIR/explanations/SPLIT).")
+
+LATENT = "latent"
+CLASS_TARGETS = ("class_logit", "class_probability")
 
 
-def explain_protopnet(
-    method, variables, config, dataset, out: pathlib.Path, *, num_images: int, top_k: int, split
-) -> list[pathlib.Path]:
-    """Writes the per-image figures, the class galleries and explanations.json; returns the
-    figure paths."""
-    from protojax.data.pipeline import normalize
-    from protojax.explain import figures
-    from protojax.explain.prototypes import (
-        high_activation_box,
-        top_contributions,
-        upsample_activation,
-    )
+def _similarities(score, images, num_prototypes: int) -> np.ndarray:
+    """`[B, P]` each image's similarity to each prototype, in one compiled loop."""
+    import jax
+    import jax.numpy as jnp
 
-    state = {k: np.asarray(v) for k, v in variables["prototype_state"].items()}
-    if not np.any(state["source_index"] >= 0):
-        raise UsageError(
-            "This run has not pushed its prototypes yet, so they are not training patches; "
-            "explain a run that has passed its first push epoch."
-        )
-    names = dataset.class_names
-    batch_size = max(1, min(config.data.eval_batch_size, 64))
-    sources = method.prototype_sources(variables, dataset.split("train"), batch_size=batch_size)
-    kernel = np.asarray(variables["params"]["last_layer"]["kernel"])  # [P, K]
-    out.mkdir(parents=True, exist_ok=True)
-    paths, records = [], []
+    @jax.jit
+    def run(score, images):
+        each = lambda j: score(images, jnp.full((images.shape[0],), j))  # noqa: E731
+        return jax.lax.map(each, jnp.arange(num_prototypes)).T
 
-    def save(fig, path: pathlib.Path) -> None:
-        fig.savefig(path, dpi=110)
-        figures.pyplot().close(fig)
-        paths.append(path)
+    return np.asarray(run(score, images))
 
-    split_data = dataset.split(split)
-    chosen = np.arange(min(num_images, len(split_data)))
-    for start in range(0, len(chosen), batch_size):
-        raw = split_data.get_batch(chosen[start : start + batch_size])
-        result = method.activations(variables, normalize(raw["image"], config.data.normalization))
-        logits, sims = np.asarray(result.logits), np.asarray(result.similarities)
-        maps = np.asarray(result.similarity_maps)
-        for row in range(len(raw["image"])):
-            n, label = int(chosen[start + row]), int(raw["label"][row])
-            predicted = int(np.argmax(logits[row]))
-            top = top_contributions(sims[row], kernel[:, predicted], state["active"], k=top_k)
-            size = raw["image"].shape[1:3]
-            entry = {
-                "index": n,
-                "label": label,
-                "predicted": predicted,
-                "logit": float(logits[row, predicted]),
-                "prototypes": [],
-            }
-            evidence = []
-            for j, similarity, weight, contribution in zip(*top):
-                j = int(j)
-                activation = np.asarray(upsample_activation(maps[row, :, :, j], size))
-                box = high_activation_box(activation)
-                source = sources.row(j)
-                text = (
-                    f"prototype {j} ({names[int(state['prototype_class'][j])]})\n"
-                    f"similarity {similarity:.3f}\n"
-                    f"weight to {names[predicted]}: {weight:.3f}\n"
-                    f"contribution {contribution:.3f}"
-                )
-                evidence.append(
-                    figures.Evidence(
-                        activation,
-                        box,
-                        sources.patch(j),
-                        sources.images[source],
-                        sources.boxes[source],
-                        text,
-                    )
-                )
-                entry["prototypes"].append(
-                    {
-                        "prototype": j,
-                        "class": int(state["prototype_class"][j]),
-                        "similarity": float(similarity),
-                        "weight": float(weight),
-                        "contribution": float(contribution),
-                        "activation_box": [int(v) for v in box],
-                    }
-                )
-            title = (
-                f"{split} image {n}: predicted {names[predicted]} (logit "
-                f"{logits[row, predicted]:.2f}), true {names[label]}"
+
+def resolve_target(spec: str, targets, images, predicted, prototype_class):
+    """(score function or None for `latent`, `[B]` indices or None, a description, `[B]` the
+    prototype PRP explains or None).
+
+    `prototype_class`: `[P]` each prototype's class, or None for a model without prototypes.
+    """
+    exported = ", ".join(sorted(targets))
+    has_prototypes = "prototype_similarity" in targets and prototype_class is not None
+    sims = None
+    if has_prototypes and ("prp" in targets or spec == "nearest_prototype"):
+        sims = _similarities(targets["prototype_similarity"], images, len(prototype_class))
+    nearest = None if sims is None else np.argmax(sims, axis=1)
+    if spec in CLASS_TARGETS:
+        if spec not in targets:
+            raise UsageError(f"This method exports no {spec} target; its targets: {exported}.")
+        if sims is not None:  # each image's most similar prototype of its predicted class
+            own = np.asarray(prototype_class)[None, :] == np.asarray(predicted)[:, None]
+            nearest = np.argmax(np.where(own, sims, -np.inf), axis=1)
+        return targets[spec], np.asarray(predicted), f"{spec} of the predicted class", nearest
+    if spec == LATENT:
+        return None, None, "the embedding", nearest
+    if spec.startswith("prototype:") or spec == "nearest_prototype":
+        if not has_prototypes:
+            raise UsageError(
+                f"--target={spec} needs prototypes; this method's targets: {exported}."
             )
-            fig = figures.this_looks_like_that(raw["image"][row], evidence, title=title)
-            save(fig, out / f"image_{n:03d}.png")
-            records.append(entry)
-
-    gallery = out / "gallery"
-    gallery.mkdir(exist_ok=True)
-    per_class = method.prototypes_per_class
-    for k in range(method.num_classes):
-        ids = [j for j in range(k * per_class, (k + 1) * per_class) if j in sources.prototypes]
-        if not ids:
-            continue
-        rows = [sources.row(j) for j in ids]
-        fig = figures.class_gallery(
-            [sources.patch(j) for j in ids],
-            sources.images[rows],
-            sources.boxes[rows],
-            [f"p{j}" + ("" if state["active"][j] else " (pruned)") for j in ids],
-            title=f"class {names[k]}: prototypes (patch above, source below)",
-        )
-        save(fig, gallery / f"class_{k:03d}.png")
-
-    (out / "explanations.json").write_text(json.dumps({"images": records}, indent=1) + "\n")
-    return paths
-
-
-def _check_method(workdir: pathlib.Path) -> None:
-    """Stops before any checkpoint is read when the run is not a ProtoPNet run."""
-    from protojax.train.workdir import CONFIG, FIGURES
-
-    path = workdir / CONFIG
-    if not path.exists():  # load_workdir says what is missing
-        return
-    name = json.loads(path.read_text()).get("method")
-    if name == "protopnet":
-        return
-    where = (
-        f" (its decoded prototypes, reconstructions and latent PCA are in {workdir / FIGURES})"
-        if name in ("protovae", "pantypes")
-        else ""
-    )
+        score = targets["prototype_similarity"]
+        if spec == "nearest_prototype":
+            return score, nearest, "similarity to the nearest prototype", nearest
+        count = len(prototype_class)
+        try:
+            j = int(spec.split(":", 1)[1])
+        except ValueError:
+            j = -1
+        if not 0 <= j < count:
+            raise UsageError(f"--target={spec}: J must be a prototype index in 0 … {count - 1}.")
+        chosen = np.full((len(images),), j)
+        return score, chosen, f"similarity to prototype {j}", chosen
     raise UsageError(
-        f"experiments.explain supports protopnet runs only; {workdir} is a {name} run{where}."
+        f"Unknown --target={spec}; use class_logit, class_probability, prototype:J, "
+        "nearest_prototype or latent."
     )
+
+
+def choose_explainers(flag: str, target: str, targets) -> list[str]:
+    """The explainers to run: the flag's, checked, or every one that applies."""
+    from protojax.explain import EXPLAINERS
+
+    if target == LATENT:
+        if flag and flag.replace(" ", "") != "relax":
+            raise UsageError(
+                "--target=latent is the embedding, which only RELAX explains; pass "
+                "--explainers=relax."
+            )
+        return ["relax"]
+    if not flag:
+        return [name for name in EXPLAINERS if name != "prp" or "prp" in targets]
+    names = [name.strip() for name in flag.split(",") if name.strip()]
+    unknown = [name for name in names if name not in EXPLAINERS]
+    if unknown or not names:
+        raise UsageError(
+            f"Unknown explainer '{unknown[0] if unknown else ''}' in --explainers; use names "
+            f"among {', '.join(EXPLAINERS)}."
+        )
+    if "prp" in names and "prp" not in targets:
+        raise UsageError(
+            "PRP explains prototypes, and this method exports no prp target; drop prp from "
+            "--explainers."
+        )
+    return names
+
+
+def input_bounds(method, channels: int) -> dict[str, float | tuple[float, ...]]:
+    """PRP's first-layer bounds: the model input's range for pixels in [0, 1], per channel."""
+    normalize = getattr(method, "normalize", None)
+    if normalize is None:
+        return {"low": 0.0, "high": 1.0}
+    bounds = {}
+    for name, value in (("low", 0.0), ("high", 1.0)):
+        pixel = np.asarray(normalize(np.full((1, 1, 1, channels), value, np.float32))).ravel()
+        same = np.allclose(pixel, pixel[0])
+        bounds[name] = float(pixel[0]) if same else tuple(float(v) for v in pixel)
+    return bounds
 
 
 def main(argv: list[str]) -> None:
-    FLAGS([__name__, *argv])
+    if any(cli.parse_flags(argv)):
+        raise UsageError(
+            "experiments.explain reads the run's config from --workdir; drop --config."
+        )
     if not FLAGS.workdir:
         raise UsageError("Pass --workdir=DIR, the work directory of a training run.")
-    if FLAGS.num_images < 0 or FLAGS.top_k < 1:
-        raise UsageError("--num_images must be ≥ 0 and --top_k ≥ 1.")
+    if FLAGS.num_images < 1 or FLAGS.batch_size < 1:
+        raise UsageError("--num_images and --batch_size must be ≥ 1.")
+    import jax
+
     import protojax
     from protojax.data import load_dataset
+    from protojax.explain import explain_all
+    from protojax.explain.figures import save
+    from protojax.explain.grid import comparison_grid, explanation_figure
+    from protojax.methods import method_module
+    from protojax.runs import write_run_report
 
     workdir = pathlib.Path(FLAGS.workdir)
-    _check_method(workdir)
     method, variables, config = protojax.load_workdir(workdir)
     dataset = load_dataset(config.data)
-    out = pathlib.Path(FLAGS.out) if FLAGS.out else workdir / "explanations"
-    paths = explain_protopnet(
-        method,
-        variables,
-        config,
-        dataset,
-        out,
-        num_images=FLAGS.num_images,
-        top_k=min(FLAGS.top_k, method.num_prototypes),
-        split=FLAGS.split,
+    if FLAGS.split not in dataset.splits:
+        raise UsageError(f"--split={FLAGS.split} is not a split of this dataset; use one of "
+                         f"{', '.join(dataset.splits)}.")  # fmt: skip
+    split = dataset.split(FLAGS.split)
+    chosen = np.arange(min(FLAGS.num_images, len(split)))
+    batch = split.get_batch(chosen)
+    images = jax.numpy.asarray(batch["image"])  # in [0, 1]: the loaded method normalises
+    names = dataset.class_names
+    targets = method.targets(variables)
+    explainers = choose_explainers(FLAGS.explainers, FLAGS.target, targets)
+    probabilities = np.asarray(jax.nn.softmax(method.predict(variables, images), axis=-1))
+    predicted = probabilities.argmax(axis=1)
+    prototype_class = variables.get("prototype_state", {}).get("prototype_class")
+    score_fn, indices, described, prp_prototypes = resolve_target(
+        FLAGS.target, targets, images, predicted, prototype_class
     )
-    print(f"Wrote {len(paths)} figures under {out}.")
+    embed_fn = targets.get("embedding", jax.tree_util.Partial(method.embed, variables))
+    options = {"gradcam": {"layer": FLAGS.gradcam_layer}} if FLAGS.gradcam_layer else {}
+    if "prp" in explainers:
+        options["prp"] = input_bounds(method, images.shape[-1])
+    try:
+        result = explain_all(
+            score_fn, images, rng=jax.random.key(FLAGS.seed), targets=indices,
+            embed_fn=embed_fn, prp_fn=targets.get("prp"), prp_targets=prp_prototypes,
+            explainers=explainers, options=options, batch_size=FLAGS.batch_size,
+        )  # fmt: skip
+    except ValueError as error:  # a Grad-CAM layer that is not there, say
+        raise UsageError(str(error)) from None
+    for name, count in result.nonfinite.items():
+        print(f"warning: {name}'s maps hold {count} NaN or infinite values; their figures say "
+              "so instead of drawing them.", file=sys.stderr)  # fmt: skip
+
+    labels = [names[int(y)] for y in batch["label"]]
+    guesses = [names[int(p)] for p in predicted]
+    hook = getattr(method_module(config.method), "own_explanation", None)
+    out = pathlib.Path(FLAGS.out) if FLAGS.out else workdir / "explanations" / FLAGS.split
+    with cli.replaced_folder(out, owned=not FLAGS.out) as staging:
+        fig = comparison_grid(
+            batch["image"], result.maps, predictions=guesses, labels=labels,
+            notes=[f"p={probabilities[i, p]:.2f}" for i, p in enumerate(predicted)],
+            title=f"{config.method}, {FLAGS.split} split: {described}",
+        )  # fmt: skip
+        paths = [save(fig, staging / "grid.png")]
+        for row, n in enumerate(chosen):
+            folder = staging / f"image_{n:03d}"
+            for name, maps in result.maps.items():
+                shown = {name: maps[row]}
+                if name == "relax":
+                    shown["relax uncertainty"] = result.uncertainty[row]
+                what = {"relax": "the embedding"}.get(name, described)
+                if name == "prp":
+                    what = f"prototype {int(prp_prototypes[row])}"
+                fig = explanation_figure(
+                    batch["image"][row], shown,
+                    title=f"{name} of {what}: predicted {guesses[row]}, label {labels[row]}",
+                )  # fmt: skip
+                paths.append(save(fig, folder / f"{name}.png"))
+            facts = {
+                "split": FLAGS.split,
+                "index": int(n),
+                "label": labels[row],
+                "prediction": guesses[row],
+                "probability": round(float(probabilities[row, predicted[row]]), 4),
+                "target": described,
+            }
+            if prp_prototypes is not None and "prp" in result.maps:
+                facts["prp_prototype"] = int(prp_prototypes[row])
+            (folder / "image.json").write_text(json.dumps(facts, indent=1) + "\n")
+        own = []
+        if hook is not None:
+            trained = getattr(method, "trained", method)  # takes normalised images
+            own = hook(trained, variables, config, dataset, split=FLAGS.split, indices=chosen,
+                       out=staging)  # fmt: skip
+        record = {
+            "target": FLAGS.target,
+            "explainers": explainers,
+            "settings": result.settings,
+            "seconds": {k: round(v, 2) for k, v in result.seconds.items()},
+            "nonfinite": result.nonfinite,
+            "images": [int(n) for n in chosen],
+            "figures": [p.relative_to(staging).as_posix() for p in paths],
+            "own_explanation": [pathlib.Path(p).relative_to(staging).as_posix() for p in own],
+        }
+        (staging / "posthoc.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    index = write_run_report(workdir)
+    print(f"Wrote the grid, {len(paths) - 1} explainer figures and {len(own)} of the method's "
+          f"own under {out}; report: {index}")  # fmt: skip
 
 
 if __name__ == "__main__":

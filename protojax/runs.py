@@ -116,6 +116,19 @@ class LoadedMethod:
         return getattr(self.trained, name)
 
 
+def write_run_report(workdir: str | pathlib.Path) -> pathlib.Path:
+    """Rewrites WORKDIR/report/ (`protojax.explain.report.write_report`) from the run's config,
+    summary and every figure under the workdir; returns the path of its index.html."""
+    from protojax.explain.report import write_report
+
+    workdir = pathlib.Path(workdir)
+    config = read_config(workdir)
+    summary_path = workdir / wd.SUMMARY
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    title = f"{config.method} on {config.data.name}: {workdir.resolve().name}"
+    return write_report(workdir, title=title, config=config_lib.to_dict(config), summary=summary)
+
+
 def read_config(workdir: pathlib.Path) -> ConfigDict:
     """The run's config.json, with keys the library gained since at their defaults."""
     path = workdir / wd.CONFIG

@@ -9,6 +9,7 @@ imported when a figure is built, with the file-only Agg backend.
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -27,6 +28,15 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save(fig, path: pathlib.Path) -> pathlib.Path:
+    """Writes the figure as a PNG (creating its folder) and closes it; returns the path."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path
 
 
 def show(ax, image: np.ndarray, title: str = "", box=None) -> None:
@@ -212,6 +222,7 @@ __all__ = [
     "latent_pca",
     "pca_2d",
     "reconstructions",
+    "save",
     "show",
     "this_looks_like_that",
 ]

@@ -275,8 +275,184 @@ def top_contributions(
     return Contributions(top, similarities[top], weights[top], similarities[top] * weights[top])
 
 
+class Explained(NamedTuple):
+    """Images explained by a prototype model, with what the model computed on them.
+
+    Attributes:
+      images: `[B, H, W, C]` in [0, 1], as the data stores them.
+      indices: `[B]` their indices in the split.
+      labels: `[B]` int.
+      logits: `[B, K]`.
+      similarities: `[B, P]` each image's similarity to each prototype.
+      kernel: `[P, K]` the last layer's weights.
+      active: `[P]` bool.
+      prototype_class: `[P]` int.
+    """
+
+    images: np.ndarray
+    indices: np.ndarray
+    labels: np.ndarray
+    logits: np.ndarray
+    similarities: np.ndarray
+    kernel: np.ndarray
+    active: np.ndarray
+    prototype_class: np.ndarray
+
+
+def _heading(e: Explained, row: int, predicted: int, class_names: Sequence[str]) -> str:
+    return (
+        f"image {int(e.indices[row])}: predicted {class_names[predicted]} (logit "
+        f"{e.logits[row, predicted]:.2f}), true {class_names[int(e.labels[row])]}"
+    )
+
+
+def _record(e: Explained, row: int, top: Contributions) -> dict:
+    predicted = int(np.argmax(e.logits[row]))
+    return {
+        "index": int(e.indices[row]),
+        "label": int(e.labels[row]),
+        "predicted": predicted,
+        "logit": float(e.logits[row, predicted]),
+        "prototypes": [
+            {
+                "prototype": int(j),
+                "class": int(e.prototype_class[j]),
+                "similarity": float(sim),
+                "weight": float(weight),
+                "contribution": float(contribution),
+            }
+            for j, sim, weight, contribution in zip(*top, strict=True)
+        ],
+    }
+
+
+def write_this_looks_like_that(
+    out: pathlib.Path,
+    explained: Explained,
+    similarity_maps: np.ndarray,
+    sources: PrototypeSources,
+    *,
+    class_names: Sequence[str],
+    prototypes_per_class: int,
+    top_k: int = 3,
+) -> list[pathlib.Path]:
+    """ProtoPNet's own explanation: `out/image_NNN/this_looks_like_that.png` per image (the
+    `top_k` prototypes adding most to the predicted logit: activation and its 95th-percentile
+    box, source patch and image, similarity × weight), each class's gallery under
+    `out/gallery/`, and `out/this_looks_like_that.json`, the numbers shown. Returns the figure
+    paths.
+
+    Args:
+      out: the folder (created if missing).
+      explained: the images and the model's outputs on them.
+      similarity_maps: `[B, h, w, P]` each prototype's similarity at each latent patch.
+      sources: the pushed prototypes' source images (`prototype_sources`).
+      class_names, prototypes_per_class: prototype j belongs to class j // prototypes_per_class.
+      top_k: prototypes per image.
+    """
+    from protojax.explain import figures
+
+    e = explained
+    paths, records = [], []
+    for row in range(len(e.images)):
+        predicted = int(np.argmax(e.logits[row]))
+        top = top_contributions(e.similarities[row], e.kernel[:, predicted], e.active, k=top_k)
+        size = e.images.shape[1:3]
+        evidence, record = [], _record(e, row, top)
+        for shown, j in zip(record["prototypes"], top.prototypes, strict=True):
+            activation = np.asarray(upsample_activation(similarity_maps[row, :, :, j], size))
+            box = high_activation_box(activation)
+            shown["activation_box"] = [int(v) for v in box]
+            source = sources.row(int(j))
+            text = (
+                f"prototype {int(j)} ({class_names[int(e.prototype_class[j])]})\n"
+                f"similarity {shown['similarity']:.3f}\n"
+                f"weight to {class_names[predicted]}: {shown['weight']:.3f}\n"
+                f"contribution {shown['contribution']:.3f}"
+            )
+            evidence.append(
+                figures.Evidence(
+                    activation, box, sources.patch(int(j)), sources.images[source],
+                    sources.boxes[source], text,
+                )
+            )  # fmt: skip
+        title = _heading(e, row, predicted, class_names)
+        fig = figures.this_looks_like_that(e.images[row], evidence, title=title)
+        paths.append(
+            figures.save(fig, out / f"image_{int(e.indices[row]):03d}" / "this_looks_like_that.png")
+        )
+        records.append(record)
+    for k in range(len(class_names)):
+        ids = [j for j in range(k * prototypes_per_class, (k + 1) * prototypes_per_class)
+               if j in sources.prototypes]  # fmt: skip
+        if not ids:
+            continue
+        rows = [sources.row(j) for j in ids]
+        fig = figures.class_gallery(
+            [sources.patch(j) for j in ids],
+            sources.images[rows],
+            sources.boxes[rows],
+            [f"p{j}" + ("" if e.active[j] else " (pruned)") for j in ids],
+            title=f"class {class_names[k]}: prototypes (patch above, source below)",
+        )
+        paths.append(figures.save(fig, out / "gallery" / f"class_{k:03d}.png"))
+    (out / "this_looks_like_that.json").write_text(json.dumps({"images": records}, indent=1))
+    return paths
+
+
+def write_decoded_explanations(
+    out: pathlib.Path,
+    explained: Explained,
+    reconstructions: np.ndarray,
+    decoded: np.ndarray,
+    *,
+    class_names: Sequence[str],
+    top_k: int = 3,
+) -> list[pathlib.Path]:
+    """ProtoVAE's and Pantypes' own explanation: `out/image_NNN/decoded_prototypes.png` per
+    image (the image, its reconstruction, then the `top_k` prototypes adding most to the
+    predicted logit, decoded, each with similarity × weight = contribution), and
+    `out/decoded_prototypes.json`, the numbers shown. Returns the figure paths.
+
+    Args:
+      out: the folder (created if missing).
+      explained: the images and the model's outputs on them.
+      reconstructions: `[B, H, W, C]` in [0, 1].
+      decoded: `[P, H, W, C]` the decoded prototypes, in [0, 1].
+    """
+    from protojax.explain import figures
+
+    e = explained
+    plt = figures.pyplot()
+    paths, records = [], []
+    for row in range(len(e.images)):
+        predicted = int(np.argmax(e.logits[row]))
+        top = top_contributions(e.similarities[row], e.kernel[:, predicted], e.active, k=top_k)
+        record = _record(e, row, top)
+        fig, axes = plt.subplots(1, 2 + len(top.prototypes), figsize=(1.9 * (2 + top_k), 2.7))
+        figures.show(axes[0], e.images[row], "image")
+        figures.show(axes[1], reconstructions[row], "reconstruction")
+        for ax, shown in zip(axes[2:], record["prototypes"], strict=True):
+            j = shown["prototype"]
+            figures.show(ax, decoded[j], f"p{j} ({class_names[shown['class']]})")
+            ax.set_xlabel(
+                f"sim {shown['similarity']:.2f} × w {shown['weight']:.2f}\n"
+                f"= {shown['contribution']:.2f}",
+                fontsize=7,
+            )
+        fig.suptitle(_heading(e, row, predicted, class_names) + "; decoded prototypes", fontsize=9)
+        fig.tight_layout()
+        paths.append(
+            figures.save(fig, out / f"image_{int(e.indices[row]):03d}" / "decoded_prototypes.png")
+        )
+        records.append(record)
+    (out / "decoded_prototypes.json").write_text(json.dumps({"images": records}, indent=1))
+    return paths
+
+
 __all__ = [
     "Contributions",
+    "Explained",
     "PrototypeSources",
     "high_activation_box",
     "prototype_sources",
@@ -284,5 +460,7 @@ __all__ = [
     "self_activation_maps",
     "top_contributions",
     "upsample_activation",
+    "write_decoded_explanations",
     "write_prototype_pngs",
+    "write_this_looks_like_that",
 ]

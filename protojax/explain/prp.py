@@ -80,21 +80,29 @@ def prp(
 
 @partial(jax.jit, static_argnames=("composite",))
 def _prp(features_fn, relevance_fn, images, targets, composite):
-    def seeded(x):
-        latent = features_fn(x)
-        relevance = relevance_fn(latent) if targets is None else relevance_fn(latent, targets)
-        relevance = jax.lax.stop_gradient(jnp.asarray(relevance, latent.dtype))
-        if relevance.shape != latent.shape:
-            raise ValueError(
-                f"relevance_fn must return the latent's shape {latent.shape}; got "
-                f"{relevance.shape}."
-            )
-        # The gradient R / latent gives the latent the relevance latent ⊙ R / latent = R.
-        nonzero = jnp.abs(latent) > 1e-30
-        gradient = jnp.where(nonzero, relevance / jnp.where(nonzero, latent, 1.0), 0.0)
-        return latent * jax.lax.stop_gradient(gradient)
+    return input_relevance(lambda x: prp_score(features_fn, relevance_fn, x, targets), images,
+                           composite)  # fmt: skip
 
-    return input_relevance(seeded, images, composite)
+
+def prp_score(features_fn, relevance_fn, images: jax.Array, targets=None) -> jax.Array:
+    """The score `[B]` whose LRP is PRP: Σ_d latent_d · stop_gradient(R_d / latent_d), equal
+    to the total latent relevance Σ_d R_d, with gradient R / latent at the latent, so that
+    LRP hands each latent dimension exactly R_d. `lrp(Partial(prp_score, features_fn,
+    relevance_fn), images, targets=..., composite="prp")` equals `prp(features_fn,
+    relevance_fn, images, targets=...)`: methods export it as their `prp` target.
+    """
+    latent = features_fn(images)
+    relevance = relevance_fn(latent) if targets is None else relevance_fn(latent, targets)
+    relevance = jax.lax.stop_gradient(jnp.asarray(relevance, latent.dtype))
+    if relevance.shape != latent.shape:
+        raise ValueError(
+            f"relevance_fn must return the latent's shape {latent.shape}; got {relevance.shape}."
+        )
+    # The gradient R / latent gives the latent the relevance latent ⊙ R / latent = R.
+    nonzero = jnp.abs(latent) > 1e-30
+    gradient = jnp.where(nonzero, relevance / jnp.where(nonzero, latent, 1.0), 0.0)
+    seeded = latent * jax.lax.stop_gradient(gradient)
+    return jnp.sum(seeded.reshape(seeded.shape[0], -1), axis=1)
 
 
 def _check_prototypes(prototypes) -> jax.Array:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from protojax.config import ConfigDict, compute_dtype
 from protojax.data.base import Dataset
-from protojax.methods.common import accuracy, class_logit, cross_entropy
+from protojax.methods.common import accuracy, class_logit, class_probability, cross_entropy
 from protojax.nn import backbone_by_name
 from protojax.nn.weights import load_backbone
 from protojax.train import optim
@@ -139,10 +139,13 @@ class BlackBox(Method):
         return [Phase("train", epochs, "sgd" if o.kind == "sgd" else "adam", ((".*", tx),))]
 
     def targets(self, variables):
-        """`class_logit(images, classes)`; `features(images) -> [B,h,w,c]` and
-        `head(feature_map, classes)` for Grad-CAM."""
+        """`class_logit(images, classes)`, `class_probability(images, classes)`,
+        `embedding(images) -> [B, d]` (the pooled features); `features(images) -> [B,h,w,c]`
+        and `head(feature_map, classes)` for Grad-CAM."""
         return {
             "class_logit": jax.tree_util.Partial(self._class_logit, variables),
+            "class_probability": jax.tree_util.Partial(class_probability, self.predict, variables),
+            "embedding": jax.tree_util.Partial(self.embed, variables),
             "features": jax.tree_util.Partial(self._features, variables),
             "head": jax.tree_util.Partial(self._head, variables),
         }

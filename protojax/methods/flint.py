@@ -33,7 +33,13 @@ import numpy as np
 from protojax.config import ConfigDict
 from protojax.data.base import Dataset
 from protojax.errors import UsageError
-from protojax.methods.common import accuracy, class_logit, cross_entropy, masked_mean
+from protojax.methods.common import (
+    accuracy,
+    class_logit,
+    class_probability,
+    cross_entropy,
+    masked_mean,
+)
 from protojax.nn.flint import dense, flint_architecture
 from protojax.train import optim
 from protojax.train.protocol import Method, Phase
@@ -311,10 +317,13 @@ class FLINT(Method):
         return phases
 
     def targets(self, variables):
-        """`class_logit(images, classes)` (f), `interpreter_logit(images, classes)` (h∘Φ)
-        and `attribute(images, attributes)` (Φ_j)."""
+        """`class_logit(images, classes)` and `class_probability` (f), `embedding(images)`
+        (f's penultimate features), `interpreter_logit(images, classes)` (h∘Φ) and
+        `attribute(images, attributes)` (Φ_j)."""
         return {
             "class_logit": jax.tree_util.Partial(self._class_logit, variables),
+            "class_probability": jax.tree_util.Partial(class_probability, self.predict, variables),
+            "embedding": jax.tree_util.Partial(self.embed, variables),
             "interpreter_logit": jax.tree_util.Partial(self._interpreter_logit, variables),
             "attribute": jax.tree_util.Partial(self._attribute, variables),
         }
@@ -506,3 +515,26 @@ __all__ = [
     "output_fidelity",
     "sparsity",
 ]
+
+
+def own_explanation(method, variables, config, dataset, *, split, indices, out):
+    """The explain launcher's hook: each image of `indices` beside the attributes most relevant
+    to the interpreter's class (`explain.attributes.local_explanation_figure`), as
+    `out/image_NNN/attributes.png`; the global relevance and the attributes' visualisations
+    are the run's training figures."""
+    from protojax.data.pipeline import normalize
+    from protojax.explain import attributes, figures
+
+    raw = dataset.split(split).get_batch(np.asarray(indices))
+    images = jnp.asarray(normalize(raw["image"], config.data.normalization))
+    _, h, phi = method._analyse(variables, images)
+    predicted = np.argmax(np.asarray(h), -1)
+    local = attributes.local_relevance(np.asarray(phi), method._weights(variables), predicted)
+    paths = []
+    for row, n in enumerate(np.asarray(indices)):
+        fig = attributes.local_explanation_figure(
+            raw["image"][row : row + 1], np.asarray(local.normalized)[row : row + 1],
+            predicted[row : row + 1], class_names=dataset.class_names,
+        )  # fmt: skip
+        paths.append(figures.save(fig, out / f"image_{int(n):03d}" / "attributes.png"))
+    return paths

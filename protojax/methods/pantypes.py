@@ -56,7 +56,7 @@ from protojax.data.base import Dataset
 from protojax.errors import UsageError
 from protojax.explain.figures import pca_2d
 from protojax.methods import protovae
-from protojax.methods.protovae import ProtoVAE
+from protojax.methods.protovae import ProtoVAE, own_explanation
 from protojax.prototypes import layer
 from protojax.prototypes.diversity import (
     coverage,
@@ -322,4 +322,5 @@ __all__ = [
     "class_coverage",
     "eliminate",
     "inverse_volume_loss",
+    "own_explanation",
 ]

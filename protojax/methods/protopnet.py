@@ -55,13 +55,17 @@ from protojax.config import ConfigDict, compute_dtype
 from protojax.data.base import Dataset
 from protojax.errors import UsageError
 from protojax.explain.prototypes import (
+    Explained,
     prototype_sources,
     save_prototype_pngs,
     self_activation_maps,
+    write_this_looks_like_that,
 )
+from protojax.explain.prp import protopnet_relevance, prp_score
 from protojax.methods.common import (
     accuracy,
     class_logit,
+    class_probability,
     cross_entropy,
 )
 from protojax.nn import backbone_by_name, feature_channels
@@ -172,6 +176,10 @@ class ProtoPNetModule(nn.Module):
     def latent(self, images: jax.Array, *, train: bool = False) -> jax.Array:
         """The add-on output z `[B, h, w, D]` float32."""
         return self.add_on(self.backbone(images, train=train))
+
+    def latent_logits(self, images: jax.Array) -> jax.Array:
+        """The add-on output before its sigmoid `[B, h, w, D]`, in inference mode."""
+        return self.add_on(self.backbone(images, train=False), logits=True)
 
     def distance_map(self, images: jax.Array, *, train: bool = False):
         """(z `[B, h, w, D]`, squared distances `[B, h, w, P]`)."""
@@ -399,11 +407,24 @@ class ProtoPNet(Method):
         - `prototype_similarity_at(images, targets [B, 3])`: rows (j, h, w), prototype j's
           similarity at latent location (h, w);
         - `features(images) -> [B, h, w, c]` and `head(feature_map, classes)` for Grad-CAM;
-        - `latent(images) -> [B, h, w, D]`, the add-on output the prototypes live in.
+        - `latent(images) -> [B, h, w, D]`, the add-on output the prototypes live in;
+        - `class_probability(images, classes)`; `embedding(images) -> [B, P]`, the similarities;
+        - `prp(images, prototypes [B])`: `explain.prp.prp_score` of the patch-prototype
+          relevance, whose LRP (composite `prp`) is PRP.
         """
         partial = jax.tree_util.Partial
+        prp = partial(
+            prp_score,
+            partial(self._latent_logits, variables),
+            protopnet_relevance(
+                variables["params"]["prototypes"], epsilon=self.config.model.epsilon, sigmoid=True
+            ),
+        )
         return {
             "class_logit": partial(self._class_logit, variables),
+            "class_probability": partial(class_probability, self.predict, variables),
+            "embedding": partial(self.embed, variables),
+            "prp": prp,
             "prototype_similarity": partial(self._prototype_similarity, variables),
             "prototype_similarity_at": partial(self._prototype_similarity_at, variables),
             "features": partial(self._features, variables),
@@ -447,6 +468,11 @@ class ProtoPNet(Method):
             layer.model_collections(variables), feature_map, active, method=ProtoPNetModule.head
         )
         return jnp.take_along_axis(logits, classes[:, None].astype(jnp.int32), axis=1)[:, 0]
+
+    def _latent_logits(self, variables, images):
+        return self.net.apply(
+            layer.model_collections(variables), images, method=ProtoPNetModule.latent_logits
+        )
 
     def _latent(self, variables, images):
         return self.net.apply(
@@ -611,3 +637,32 @@ class ProtoPNet(Method):
 
 def build(config: ConfigDict, dataset: Dataset) -> ProtoPNet:
     return ProtoPNet(config, dataset)
+
+
+def own_explanation(method, variables, config, dataset, *, split, indices, out):
+    """The explain launcher's hook: "this looks like that" for images `indices` of `split`
+    and the class galleries (`explain.prototypes.write_this_looks_like_that`)."""
+    from protojax.data.pipeline import normalize
+
+    state = jax.device_get(variables[layer.STATE])
+    if not np.any(state["source_index"] >= 0):
+        raise UsageError(
+            "This run has not pushed its prototypes yet, so they are not training patches; "
+            "explain a run that has passed its first push epoch."
+        )
+    batch_size = max(1, min(config.data.eval_batch_size, 64))
+    raw = dataset.split(split).get_batch(np.asarray(indices))
+    parts = [
+        method.activations(variables, normalize(raw["image"][i : i + batch_size],
+                                                config.data.normalization))
+        for i in range(0, len(indices), batch_size)
+    ]  # fmt: skip
+    logits, sims, maps = (np.concatenate([np.asarray(p[n]) for p in parts]) for n in range(3))
+    kernel = np.asarray(variables["params"]["last_layer"]["kernel"])
+    explained = Explained(raw["image"], np.asarray(indices), raw["label"], logits, sims, kernel,
+                          state["active"], state["prototype_class"])  # fmt: skip
+    sources = method.prototype_sources(variables, dataset.split("train"), batch_size=batch_size)
+    return write_this_looks_like_that(
+        out, explained, maps, sources, class_names=dataset.class_names,
+        prototypes_per_class=method.prototypes_per_class,
+    )  # fmt: skip

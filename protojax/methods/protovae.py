@@ -44,7 +44,14 @@ from protojax.config import ConfigDict, compute_dtype
 from protojax.data.base import Dataset
 from protojax.errors import UsageError
 from protojax.explain import figures
-from protojax.methods.common import accuracy, class_logit, cross_entropy, masked_mean
+from protojax.explain.prp import protovae_relevance, prp_score
+from protojax.methods.common import (
+    accuracy,
+    class_logit,
+    class_probability,
+    cross_entropy,
+    masked_mean,
+)
 from protojax.nn.vae import DECODERS, ENCODERS, Decoder, Encoder, vae_arch
 from protojax.prototypes import layer
 from protojax.prototypes.distances import l2_distances, log_similarity, squared_l2_distances
@@ -364,13 +371,25 @@ class ProtoVAE(Method):
     def targets(self, variables):
         """Score functions `fn(images [B,H,W,C], targets [B]) -> [B]`:
 
-        - `class_logit`: the logit of class `targets`;
+        - `class_logit` and `class_probability`: of class `targets`;
         - `prototype_similarity`: the similarity log((d + 1)/(d + eps)) to prototype `targets`;
         - `latent_similarity`: Σ_d 1/((μ_d − p_d)² + 1e-4) for prototype `targets`, the
-          per-dimension latent similarity that seeds ProtoVAE's PRP explanations.
+          per-dimension latent similarity that seeds ProtoVAE's PRP explanations;
+        - `prp`: the same total relevance as `explain.prp.prp_score`, whose LRP (composite
+          `prp`) is PRP for prototype `targets`;
+
+        and `embedding(images) -> [B, d]`, μ.
         """
+        prp = jax.tree_util.Partial(
+            prp_score,
+            jax.tree_util.Partial(self.embed, variables),
+            protovae_relevance(variables["params"]["prototypes"], epsilon=PRP_EPS),
+        )
         return {
             "class_logit": jax.tree_util.Partial(self._class_logit, variables),
+            "class_probability": jax.tree_util.Partial(class_probability, self.predict, variables),
+            "embedding": jax.tree_util.Partial(self.embed, variables),
+            "prp": prp,
             "prototype_similarity": jax.tree_util.Partial(self._prototype_similarity, variables),
             "latent_similarity": jax.tree_util.Partial(self._latent_similarity, variables),
         }
@@ -500,3 +519,25 @@ __all__ = [
     "orthonormality_loss",
     "reconstruction_error",
 ]
+
+
+def own_explanation(method, variables, config, dataset, *, split, indices, out):
+    """The explain launcher's hook: each image of `indices` beside its reconstruction and the
+    decoded prototypes adding most to its predicted logit, with their similarities
+    (`explain.prototypes.write_decoded_explanations`). Pantypes shares it."""
+    from protojax.data.pipeline import normalize
+    from protojax.explain.prototypes import Explained, write_decoded_explanations
+
+    raw = dataset.split(split).get_batch(np.asarray(indices))
+    images = jnp.asarray(normalize(raw["image"], config.data.normalization))
+    _, sims, logits = (np.asarray(a) for a in method._infer(variables, images))
+    rebuilt = method._inputs_and_reconstructions(variables, {"image": images})["rebuilt"]
+    decoded = method._decode(variables, variables["params"]["prototypes"])
+    state = jax.device_get(variables[layer.STATE])
+    kernel = np.asarray(variables["params"]["last_layer"]["kernel"])
+    explained = Explained(raw["image"], np.asarray(indices), raw["label"], logits, sims, kernel,
+                          state["active"], state["prototype_class"])  # fmt: skip
+    return write_decoded_explanations(
+        out, explained, method._display(rebuilt), method._display(decoded),
+        class_names=dataset.class_names,
+    )  # fmt: skip

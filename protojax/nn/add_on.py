@@ -42,7 +42,8 @@ class AddOnLayers(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, logits: bool = False) -> jax.Array:
+        """`logits`: stop before the final sigmoid (where PRP's rules start)."""
         index = 0
         for block, width in enumerate(self.widths):
             for position in range(2):
@@ -51,5 +52,6 @@ class AddOnLayers(nn.Module):
                 )(x)
                 index += 1
                 last = block == len(self.widths) - 1 and position == 1
-                x = nn.sigmoid(x) if last else nn.relu(x)
+                if not (last and logits):
+                    x = nn.sigmoid(x) if last else nn.relu(x)
         return x.astype(jnp.float32)
