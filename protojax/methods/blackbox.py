@@ -144,7 +144,9 @@ class BlackBox(Method):
         and `head(feature_map, classes)` for Grad-CAM."""
         return {
             "class_logit": jax.tree_util.Partial(self._class_logit, variables),
-            "class_probability": jax.tree_util.Partial(class_probability, self.predict, variables),
+            "class_probability": jax.tree_util.Partial(
+                class_probability, jax.tree_util.Partial(self.predict), variables
+            ),
             "embedding": jax.tree_util.Partial(self.embed, variables),
             "features": jax.tree_util.Partial(self._features, variables),
             "head": jax.tree_util.Partial(self._head, variables),

@@ -322,7 +322,9 @@ class FLINT(Method):
         `attribute(images, attributes)` (Φ_j)."""
         return {
             "class_logit": jax.tree_util.Partial(self._class_logit, variables),
-            "class_probability": jax.tree_util.Partial(class_probability, self.predict, variables),
+            "class_probability": jax.tree_util.Partial(
+                class_probability, jax.tree_util.Partial(self.predict), variables
+            ),
             "embedding": jax.tree_util.Partial(self.embed, variables),
             "interpreter_logit": jax.tree_util.Partial(self._interpreter_logit, variables),
             "attribute": jax.tree_util.Partial(self._attribute, variables),

@@ -422,7 +422,7 @@ class ProtoPNet(Method):
         )
         return {
             "class_logit": partial(self._class_logit, variables),
-            "class_probability": partial(class_probability, self.predict, variables),
+            "class_probability": partial(class_probability, partial(self.predict), variables),
             "embedding": partial(self.embed, variables),
             "prp": prp,
             "prototype_similarity": partial(self._prototype_similarity, variables),

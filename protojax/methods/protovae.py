@@ -387,7 +387,9 @@ class ProtoVAE(Method):
         )
         return {
             "class_logit": jax.tree_util.Partial(self._class_logit, variables),
-            "class_probability": jax.tree_util.Partial(class_probability, self.predict, variables),
+            "class_probability": jax.tree_util.Partial(
+                class_probability, jax.tree_util.Partial(self.predict), variables
+            ),
             "embedding": jax.tree_util.Partial(self.embed, variables),
             "prp": prp,
             "prototype_similarity": jax.tree_util.Partial(self._prototype_similarity, variables),
