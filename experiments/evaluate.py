@@ -379,7 +379,9 @@ def evaluate_run(
         transparency["near_duplicates"] = duplicates.count
         transparency["identical_prototypes"] = duplicates.identical
         near = metrics.nearest_labels(sims, labels, k=10)
-        transparency["nearest10_class_purity"] = metrics.source_purity(near, classes, active=active)
+        transparency["nearest10_class_purity"] = _number(
+            metrics.source_purity(near, classes, active=active)
+        )
         source = np.asarray(variables["prototype_state"].get("source_index", []))
         if source.size:
             train = dataset.split("train")
@@ -387,8 +389,8 @@ def evaluate_run(
             source_labels = np.full(source.shape, -1)
             if pushed.any():
                 source_labels[pushed] = np.asarray(train.get_batch(source[pushed])["label"])
-            transparency["push_source_purity"] = metrics.source_purity(
-                source_labels, classes, active=active
+            transparency["push_source_purity"] = _number(
+                metrics.source_purity(source_labels, classes, active=active)
             )
         else:
             na["push_source_purity"] = "the method does not push prototypes onto training data"
