@@ -45,7 +45,7 @@ def shapes_runs(tmp_path_factory):
             ("model.prototype_dim", 8),
             ("model.push_batch_size", 32),
             ("model.warm_epochs", 1),
-            ("model.push_start", 1),
+            ("model.push_start", 0),
             ("model.push_every", 1),
             ("model.last_layer_epochs", 1),
             ("model.save_prototype_images", False),
@@ -56,6 +56,7 @@ def shapes_runs(tmp_path_factory):
     return root / "protopnet", root / "blackbox"
 
 
+@pytest.mark.slow
 def test_one_run_writes_every_predicate(shapes_runs):
     from experiments import evaluate
 
@@ -95,20 +96,29 @@ def test_one_run_writes_every_predicate(shapes_runs):
         assert (out / name).stat().st_size > 0
     assert record["run"]["split"] == "test"
 
-    # The several-run table: two records of one config and one of another.
+
+def test_several_runs_table_is_mean_and_std_per_config():
+    from experiments import evaluate
+
+    run = {"workdir": "a", "method": "protovae", "dataset": "digits", "config": "protovae_digits",
+           "config_hash": "h1", "seed": 0, "code_hash": "c0ffee", "split": "test"}  # fmt: skip
+    record = {"run": run, "trustworthiness": {"top1_accuracy": 0.9, "deletion_auc": {"own": 0.2}},
+              "diversity": {"entropy": 0.01, "log_volume": [1.0, 3.0]}}  # fmt: skip
     other = json.loads(json.dumps(record))
-    other["run"]["seed"] = 1
-    other["trustworthiness"]["top1_accuracy"] = record["trustworthiness"]["top1_accuracy"] + 0.1
-    box = {"run": {**record["run"], "config": "blackbox_shapes", "config_hash": "x"},
+    other["run"].update(seed=1, workdir="b")
+    other["trustworthiness"]["top1_accuracy"] = 0.8
+    box = {"run": {**run, "config": "blackbox_digits", "config_hash": "x"},
            "trustworthiness": {"top1_accuracy": 0.5}}  # fmt: skip
     markdown, payload = evaluate.several_runs([record, other, box])
-    cell = payload["table"][f"protopnet_shapes ({record['run']['config_hash']})"]
-    mean = record["trustworthiness"]["top1_accuracy"] + 0.05
-    assert cell["trustworthiness/top1_accuracy"]["mean"] == pytest.approx(mean)
+    cell = payload["table"]["protovae_digits (h1)"]
+    assert cell["trustworthiness/top1_accuracy"]["mean"] == pytest.approx(0.85)
     assert cell["trustworthiness/top1_accuracy"]["std"] == pytest.approx(0.1 / np.sqrt(2))
     assert cell["trustworthiness/top1_accuracy"]["n"] == 2
-    assert payload["table"]["blackbox_shapes (x)"]["trustworthiness/top1_accuracy"]["n"] == 1
-    assert record["run"]["code_hash"] in markdown and "| test |" in markdown
+    assert cell["trustworthiness/deletion_auc/own"]["mean"] == pytest.approx(0.2)
+    assert cell["diversity/log_volume (mean over entries)"]["mean"] == pytest.approx(2.0)
+    assert payload["table"]["blackbox_digits (x)"]["trustworthiness/top1_accuracy"]["n"] == 1
+    assert "| protovae_digits | h1 | c0ffee | test | 0, 1 | a, b |" in markdown
+    assert "0.85 ± 0.071 (n=2)" in markdown
 
 
 def test_usage_errors_are_one_sentence(python, tmp_path):
