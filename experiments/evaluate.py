@@ -483,8 +483,10 @@ def evaluate_run(
     # Prototype faithfulness: AD/AI with PRP, and the removal effect.
     if prototypes is not None and "prp" in targets and "prototype_similarity" in targets:
         progress("AD/AI on prototype similarity with PRP")
-        trust["ad_ai"] = ad_ai(targets, images, np.asarray(batch["label"]), classes,
-                               prototypes[2], rng=rng, bounds=bounds, batch_size=batch_size)  # fmt: skip
+        trust["ad_ai"] = ad_ai(
+            targets, images, np.asarray(batch["label"]), classes, prototypes[2], rng=rng,
+            bounds=bounds, batch_size=batch_size,
+        )  # fmt: skip
     else:
         na["ad_ai"] = "the method exports no prp and prototype_similarity targets"
     if prototypes is not None and "prototype_state" in variables:
@@ -871,6 +873,7 @@ def _explainer_table(columns: dict[str, dict], names: list[str]) -> list[str]:
 
 def run_markdown(record: dict) -> str:
     d = definitions()
+    used: list[str] = []
     run = record["run"]
     lines = [
         f"# Evaluation of {run['workdir']}",
@@ -879,7 +882,8 @@ def run_markdown(record: dict) -> str:
         f"(hash {run['config_hash']}, seed {run['seed']}), code hash {run['code_hash']}, "
         f"split `{run['split']}`; explanation metrics on its first {run['num_images']} images.",
         "",
-        "Each metric is defined once, in the docstring of the function named beside it.",
+        "Each metric is defined once, in the docstring of the function named beside it "
+        "(its first paragraph is quoted below the tables).",
         "",
         "## Transparency",
         "",
@@ -898,12 +902,12 @@ def run_markdown(record: dict) -> str:
     ]  # fmt: skip
     for key, value in t.get("last_layer", {}).items():
         rows.append((f"last layer: {key}", value, "last_layer"))
-    lines += _rows(rows, d)
+    lines += _rows(rows, d, used)
     trust = record["trustworthiness"]
     lines += ["", "## Trustworthiness", ""]
     rows = [(key, trust[key], "top_k" if "top" in key and "1" not in key else "accuracy")
             for key in trust if "accuracy" in key or key == "gap_to_blackbox"]  # fmt: skip
-    lines += _rows(rows, d)
+    lines += _rows(rows, d, used)
     names = sorted({n for key in ("deletion_auc", "insertion_auc") for n in trust.get(key, {})})
     columns = {
         c: trust[c] for c in ("deletion_auc", "insertion_auc", "max_sensitivity") if c in trust
@@ -912,7 +916,8 @@ def run_markdown(record: dict) -> str:
         lines += ["", "Explainers (`own`: the method's own map):", ""]
         lines += _explainer_table(columns, names)
         lines += ["", f"- deletion: {d['deletion']}", f"- insertion: {d['insertion']}",
-                  f"- max_sensitivity (radius 0.05, 10 samples, relative): {d['max_sensitivity']}"]  # fmt: skip
+                  "- max_sensitivity (radius 0.05, 10 samples, relative): "
+                  f"{d['max_sensitivity']}"]  # fmt: skip
     for name, steps in trust.get("randomisation_spearman", {}).items():
         lines += ["", f"Parameter randomisation of {name} (Spearman, layers randomised "
                   f"cumulatively from the top): {d['randomisation']}", ""]  # fmt: skip
@@ -921,7 +926,8 @@ def run_markdown(record: dict) -> str:
     if "ad_ai" in trust:
         a = trust["ad_ai"]
         lines += ["", f"AD/AI on prototype similarity ({a['pairs']} image–prototype pairs of "
-                  f"the true class): {d['ad_ai']}", "", "| maps | AD (↑) | AI (↓) |", "|---|---|---|"]  # fmt: skip
+                  f"the true class): {d['ad_ai']}", "", "| maps | AD (↑) | AI (↓) |",
+                  "|---|---|---|"]  # fmt: skip
         lines += [f"| {k} | {_fmt(a[k]['AD'])} | {_fmt(a[k]['AI'])} |" for k in ("prp", "random")]
     if "prototype_removal" in trust:
         r = trust["prototype_removal"]
@@ -948,6 +954,7 @@ def run_markdown(record: dict) -> str:
             ("coverage per class (2-D PCA)", div.get("coverage"), "coverage"),
         ],
         d,
+        used,
     )
     if "localisation" in record:
         loc = record["localisation"]
@@ -960,7 +967,11 @@ def run_markdown(record: dict) -> str:
         lines += ["", f"- pointing_game: {d['pointing_game']}",
                   f"- relevance_rank: {d['relevance_rank']}",
                   f"- relevance_mass: {d['relevance_mass']}",
-                  f"- maxboxacc (100 thresholds, boxes around the masks): {d['maxboxacc']}"]  # fmt: skip
+                  "- maxboxacc (100 thresholds, boxes around the masks): "
+                  f"{d['maxboxacc']}"]  # fmt: skip
+    if used:
+        lines += ["", "## Definitions of the tables' metrics", ""]
+        lines += [f"- {text}" for text in used]
     if record.get("not_applicable"):
         lines += ["", "## Not applicable", ""]
         lines += [f"- {k}: {v}" for k, v in record["not_applicable"].items()]
@@ -970,12 +981,15 @@ def run_markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _rows(rows, d) -> list[str]:
-    lines = ["| metric | value | definition |", "|---|---|---|"]
+def _rows(rows, d, used: list[str]) -> list[str]:
+    """A metric table naming each definition's function; `used` collects the definitions."""
+    lines = ["| metric | value | defined by |", "|---|---|---|"]
     for name, value, key in rows:
         if value is None:
             continue
-        lines.append(f"| {name} | {_fmt(value)} | {d[key] if key else ''} |")
+        if key and d[key] not in used:
+            used.append(d[key])
+        lines.append(f"| {name} | {_fmt(value)} | {d[key].split(':')[0] if key else ''} |")
     return lines
 
 
