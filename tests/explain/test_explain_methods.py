@@ -5,6 +5,8 @@ the loaded method normalises itself.
 Each method is built from its digits config, shrunk, with freshly initialised weights: the
 explainers' properties checked here (shapes, finite maps, saliency against `jax.grad`,
 integrated gradients' completeness, PRP against `explain.prp.prp`) do not depend on training.
+Pantypes is ProtoVAE with another loss: it inherits ProtoVAE's targets and own explanation,
+which is checked instead of running the explainers a second time on the same network.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ METHODS = {
         {"data.image_size": 8, "model.prototypes_per_class": 2, "model.prototype_dim": 8},
     ),
     "protovae": ("protovae_digits", {"model.prototypes_per_class": 2}),
-    "pantypes": ("pantypes_digits", {"model.prototypes_per_class": 2}),
     "flint": ("flint_digits", {}),
 }
 
@@ -81,7 +82,7 @@ def test_every_explainer_on_the_default_target(model):
     embedding = np.asarray(_call(targets["embedding"], images))
     assert embedding.ndim == 2 and embedding.shape[0] == B
 
-    has_prp = name in ("protopnet", "protovae", "pantypes")
+    has_prp = name in ("protopnet", "protovae")
     assert ("prp" in targets) == has_prp
     prototypes = jnp.asarray([1, 0]) if has_prp else None
     result = explain_all(
@@ -103,7 +104,7 @@ def test_every_explainer_on_the_default_target(model):
     total = result.maps["integrated_gradients"].sum(axis=(1, 2))
     np.testing.assert_allclose(total, gap, rtol=0.02, atol=1e-3 * np.abs(gap).max())
 
-    if name in ("protovae", "pantypes"):  # the prp target's LRP is PRP from μ
+    if name == "protovae":  # the prp target's LRP is PRP from μ
         direct = prp(
             Partial(method.embed, variables),
             protovae_relevance(variables["params"]["prototypes"]),
@@ -114,3 +115,10 @@ def test_every_explainer_on_the_default_target(model):
         np.testing.assert_allclose(
             result.maps["prp"], np.asarray(direct).sum(-1), rtol=1e-4, atol=1e-6
         )
+
+
+def test_pantypes_explains_as_protovae():
+    from protojax.methods import pantypes, protovae
+
+    assert pantypes.Pantypes.targets is protovae.ProtoVAE.targets
+    assert pantypes.own_explanation is protovae.own_explanation
