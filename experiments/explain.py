@@ -119,8 +119,9 @@ def resolve_target(spec: str, targets, images, predicted, prototype_class):
     )
 
 
-def choose_explainers(flag: str, target: str, targets) -> list[str]:
-    """The explainers to run: the flag's, checked, or every one that applies."""
+def choose_explainers(flag: str, target: str, targets=None) -> list[str]:
+    """The explainers to run: the flag's, checked, or every one that applies. `targets`: the
+    method's, or None to check the flag alone (before the run loads)."""
     from protojax.explain import EXPLAINERS
 
     if target == LATENT:
@@ -131,7 +132,7 @@ def choose_explainers(flag: str, target: str, targets) -> list[str]:
             )
         return ["relax"]
     if not flag:
-        return [name for name in EXPLAINERS if name != "prp" or "prp" in targets]
+        return [name for name in EXPLAINERS if name != "prp" or "prp" in (targets or ("prp",))]
     names = [name.strip() for name in flag.split(",") if name.strip()]
     unknown = [name for name in names if name not in EXPLAINERS]
     if unknown or not names:
@@ -139,7 +140,7 @@ def choose_explainers(flag: str, target: str, targets) -> list[str]:
             f"Unknown explainer '{unknown[0] if unknown else ''}' in --explainers; use names "
             f"among {', '.join(EXPLAINERS)}."
         )
-    if "prp" in names and "prp" not in targets:
+    if "prp" in names and targets is not None and "prp" not in targets:
         raise UsageError(
             "PRP explains prototypes, and this method exports no prp target; drop prp from "
             "--explainers."
@@ -169,6 +170,7 @@ def main(argv: list[str]) -> None:
         raise UsageError("Pass --workdir=DIR, the work directory of a training run.")
     if FLAGS.num_images < 1 or FLAGS.batch_size < 1:
         raise UsageError("--num_images and --batch_size must be ≥ 1.")
+    choose_explainers(FLAGS.explainers, FLAGS.target)
     import jax
 
     import protojax

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 CMAP = "RdBu_r"
+# Maps without negative values (Grad-CAM, RELAX) in the per-image figures: their own range.
+SEQUENTIAL_CMAP = "inferno"
 # How much of the grey image shows under a map: white (zero) areas let it through.
 _MAP_ALPHA = 0.75
 
@@ -42,9 +44,10 @@ def _show_image(ax, image: np.ndarray) -> None:
         ax.imshow(image[..., :3], interpolation="nearest")
 
 
-def _show_map(ax, image: np.ndarray, values: np.ndarray, limit: float, cmap: str):
-    """Draws `values [H, W]` in [−limit, limit] over the grey image; returns the map's artist,
-    or None (after writing why on the panel) when it holds non-finite values."""
+def _show_map(ax, image: np.ndarray, values: np.ndarray, limit: float, cmap: str, low=None):
+    """Draws `values [H, W]` in [−limit, limit] (or [low, limit]) over the grey image; returns
+    the map's artist, or None (after writing why on the panel) when it holds non-finite
+    values."""
     ax.imshow(_grey(image), cmap="gray", vmin=0.0, vmax=1.0, alpha=0.35, interpolation="nearest")
     values = np.asarray(values, np.float32)
     if not np.all(np.isfinite(values)):
@@ -53,7 +56,12 @@ def _show_map(ax, image: np.ndarray, values: np.ndarray, limit: float, cmap: str
                 ha="center", va="center", transform=ax.transAxes)  # fmt: skip
         return None
     return ax.imshow(
-        values, cmap=cmap, vmin=-limit, vmax=limit, alpha=_MAP_ALPHA, interpolation="nearest"
+        values,
+        cmap=cmap,
+        vmin=-limit if low is None else low,
+        vmax=limit,
+        alpha=_MAP_ALPHA,
+        interpolation="nearest",
     )
 
 
@@ -167,7 +175,8 @@ def explanation_figure(
     cmap: str = CMAP,
 ):
     """One image and one explainer's maps (RELAX: importance and uncertainty), each map in its
-    own units with its own colour bar, symmetric about zero.
+    own units with its own colour bar: symmetric about zero in the diverging `cmap`, or, for a
+    map without negative values (Grad-CAM, RELAX), its own [min, max] in a sequential one.
 
     Args:
       image: `[H, W, C]` in [0, 1].
@@ -188,7 +197,12 @@ def explanation_figure(
     axes[0, 0].set_title("image", fontsize=9)
     for c, (name, values) in enumerate(maps.items(), start=1):
         ax = axes[0, c]
-        artist = _show_map(ax, images[0], values[0], _max_abs(values[0]), cmap)
+        finite = values[0][np.isfinite(values[0])]
+        if finite.size and finite.min() >= 0:  # one sign: its own range, sequential colours
+            low, high = float(finite.min()), max(float(finite.max()), float(finite.min()) + 1e-12)
+            artist = _show_map(ax, images[0], values[0], high, SEQUENTIAL_CMAP, low=low)
+        else:
+            artist = _show_map(ax, images[0], values[0], _max_abs(values[0]), cmap)
         ax.set_title(name, fontsize=9)
         if artist is not None:
             bar = fig.colorbar(artist, ax=ax, fraction=0.046, pad=0.04)

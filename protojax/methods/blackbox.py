@@ -144,9 +144,7 @@ class BlackBox(Method):
         and `head(feature_map, classes)` for Grad-CAM."""
         return {
             "class_logit": jax.tree_util.Partial(self._class_logit, variables),
-            "class_probability": jax.tree_util.Partial(
-                class_probability, jax.tree_util.Partial(self.predict), variables
-            ),
+            "class_probability": jax.tree_util.Partial(self._class_probability, variables),
             "embedding": jax.tree_util.Partial(self.embed, variables),
             "features": jax.tree_util.Partial(self._features, variables),
             "head": jax.tree_util.Partial(self._head, variables),
@@ -154,6 +152,9 @@ class BlackBox(Method):
 
     def _class_logit(self, variables, images, classes):
         return class_logit(self.predict, variables, images, classes)
+
+    def _class_probability(self, variables, images, classes):
+        return class_probability(self.predict, variables, images, classes)
 
     def _features(self, variables, images):
         return self.net.apply(variables, images, method=BlackBoxNet.feature_map)

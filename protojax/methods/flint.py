@@ -322,9 +322,7 @@ class FLINT(Method):
         `attribute(images, attributes)` (Φ_j)."""
         return {
             "class_logit": jax.tree_util.Partial(self._class_logit, variables),
-            "class_probability": jax.tree_util.Partial(
-                class_probability, jax.tree_util.Partial(self.predict), variables
-            ),
+            "class_probability": jax.tree_util.Partial(self._class_probability, variables),
             "embedding": jax.tree_util.Partial(self.embed, variables),
             "interpreter_logit": jax.tree_util.Partial(self._interpreter_logit, variables),
             "attribute": jax.tree_util.Partial(self._attribute, variables),
@@ -332,6 +330,9 @@ class FLINT(Method):
 
     def _class_logit(self, variables, images, classes):
         return class_logit(self.predict, variables, images, classes)
+
+    def _class_probability(self, variables, images, classes):
+        return class_probability(self.predict, variables, images, classes)
 
     def _interpreter_logit(self, variables, images, classes):
         logits = self.net.apply(variables, images, method=FlintNet.analyse)[1]

@@ -422,7 +422,7 @@ class ProtoPNet(Method):
         )
         return {
             "class_logit": partial(self._class_logit, variables),
-            "class_probability": partial(class_probability, partial(self.predict), variables),
+            "class_probability": partial(self._class_probability, variables),
             "embedding": partial(self.embed, variables),
             "prp": prp,
             "prototype_similarity": partial(self._prototype_similarity, variables),
@@ -439,6 +439,9 @@ class ProtoPNet(Method):
     # --- targets -----------------------------------------------------------------------
     def _class_logit(self, variables, images, classes):
         return class_logit(self.predict, variables, images, classes)
+
+    def _class_probability(self, variables, images, classes):
+        return class_probability(self.predict, variables, images, classes)
 
     def _similarity_maps(self, variables, images):
         _, distances = self.net.apply(

@@ -387,9 +387,7 @@ class ProtoVAE(Method):
         )
         return {
             "class_logit": jax.tree_util.Partial(self._class_logit, variables),
-            "class_probability": jax.tree_util.Partial(
-                class_probability, jax.tree_util.Partial(self.predict), variables
-            ),
+            "class_probability": jax.tree_util.Partial(self._class_probability, variables),
             "embedding": jax.tree_util.Partial(self.embed, variables),
             "prp": prp,
             "prototype_similarity": jax.tree_util.Partial(self._prototype_similarity, variables),
@@ -398,6 +396,9 @@ class ProtoVAE(Method):
 
     def _class_logit(self, variables, images, classes):
         return class_logit(self.predict, variables, images, classes)
+
+    def _class_probability(self, variables, images, classes):
+        return class_probability(self.predict, variables, images, classes)
 
     def _prototype_similarity(self, variables, images, prototypes):
         similarities = self._infer(variables, images)[1]

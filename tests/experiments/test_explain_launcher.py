@@ -1,5 +1,7 @@
-"""The explain launcher on runs of methods it does not explain: exit 2, one sentence last,
-before any checkpoint is read (a workdir holding only config.json suffices)."""
+"""The explain launcher's usage and workdir errors: exit 2 for usage, 1 for a workdir holding
+no readable run, the sentence last, and nothing written. (Its end-to-end run on a trained
+ProtoPNet is in tests/methods/test_methods_protopnet_train.py; every explainer on every
+method is in tests/explain/test_explain_methods.py.)"""
 
 import json
 
@@ -8,22 +10,40 @@ import pytest
 from protojax import config as config_lib
 
 
-@pytest.mark.parametrize(
-    "name, method, hint",
-    [
-        ("protovae_digits", "protovae", " (its decoded prototypes, reconstructions and latent PCA"),
-        ("blackbox_digits", "blackbox", "."),
-    ],
-    ids=["protovae", "blackbox"],  # Pantypes takes ProtoVAE's branch
-)
-def test_other_methods_stop_with_the_supported_one_named(python, tmp_path, name, method, hint):
+def _workdir(tmp_path, name="protovae_digits"):
     config = config_lib.to_dict(config_lib.load_config(name))
     (tmp_path / "config.json").write_text(json.dumps(config))
-    result = python("-m", "experiments.explain", f"--workdir={tmp_path}", "--num_images=2")
-    assert result.returncode == 2, result.stderr[-2000:]
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "flags, code, sentence",
+    [
+        (
+            ["--explainers=saliency,lime"],
+            2,
+            "Unknown explainer 'lime' in --explainers; use names among saliency, smoothgrad, "
+            "integrated_gradients, gradcam, occlusion, rise, relax, lrp, prp.",
+        ),
+        (
+            ["--config=protovae_digits"],
+            2,
+            "experiments.explain reads the run's config from --workdir; drop --config.",
+        ),
+        (
+            [],
+            1,
+            "{workdir} has no dataset.json: its run never loaded its data; rerun the training "
+            "command on this workdir to start it.",
+        ),
+    ],
+    ids=["unknown_explainer", "config_flag", "no_dataset"],
+)
+def test_errors_end_in_one_sentence_and_write_nothing(python, tmp_path, flags, code, sentence):
+    workdir = _workdir(tmp_path)
+    result = python("-m", "experiments.explain", f"--workdir={workdir}", *flags)
+    assert result.returncode == code, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
-    expected = (
-        f"error: experiments.explain supports protopnet runs only; {tmp_path} is a {method} run"
-    )
-    assert last.startswith(expected + hint), last
+    assert last == "error: " + sentence.format(workdir=workdir)
+    assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]

@@ -16,6 +16,7 @@ from protojax.explain import (
     integrated_gradients,
     layer_gradcam,
     layer_outputs,
+    lrp,
     occlusion,
     reduce_channels,
     relax,
@@ -132,7 +133,8 @@ def test_explain_all_matches_each_explainer_called_alone_and_flags_nan(residual)
         score, images, rng=rng, targets=classes, embed_fn=embed, options=options,
         batch_size=4, image_batch=2,
     )  # fmt: skip
-    assert list(got.maps) == list(EXPLAINERS) and got.nonfinite == {}
+    # Every explainer whose inputs are given: PRP needs a prp_fn.
+    assert list(got.maps) == [e for e in EXPLAINERS if e != "prp"] and got.nonfinite == {}
     assert got.settings["occlusion"]["patch"] == 2 and got.settings["occlusion"]["stride"] == 1
     assert got.settings["gradcam"]["layer"] == "mix"
 
@@ -152,10 +154,11 @@ def test_explain_all_matches_each_explainer_called_alone_and_flags_nan(residual)
             "occlusion": occlusion(score, x, patch=2, stride=1, **kw),
             "rise": rise(score, x, rise_m, p_keep=0.5, **kw),
             "relax": relax(embed, x, relax_m).importance,
+            "lrp": reduce_channels(lrp(score, x, composite="epsilon_plus_flat", **kw), "sum"),
         }
 
     chunks = [alone(images[s : s + 2], classes[s : s + 2], s) for s in (0, 2)]
-    for name in EXPLAINERS:
+    for name in got.maps:
         expected = np.concatenate([chunk[name] for chunk in chunks])
         assert got.maps[name].shape == (B + 1, SIZE, SIZE)
         np.testing.assert_allclose(got.maps[name], expected, rtol=2e-4, atol=1e-6, err_msg=name)

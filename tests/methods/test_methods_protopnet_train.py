@@ -282,18 +282,24 @@ def test_pruning_flips_active_and_freezes_the_rows(trained, train_images, tmp_pa
 
 
 def test_explain_launcher_reads_the_workdir(python, trained):
-    """`python -m experiments.explain` end to end: load_workdir, load_dataset, the "this
-    looks like that" figures, the class galleries and explanations.json."""
+    """`python -m experiments.explain` end to end: load_workdir, load_dataset, the post-hoc
+    maps (saliency, PRP), "this looks like that", the class galleries, posthoc.json and the
+    report; a second, smaller launch leaves none of the first one's files behind."""
     workdir = trained["workdir"]
-    result = python("-m", "experiments.explain", f"--workdir={workdir}", "--num_images=2")
+    args = ("-m", "experiments.explain", f"--workdir={workdir}", "--explainers=saliency,prp")
+    result = python(*args, "--num_images=2")
     assert result.returncode == 0, result.stderr[-2000:]
-    out = workdir / "explanations"
+    out = workdir / "explanations" / "test"
+    per_image = ["saliency.png", "prp.png", "this_looks_like_that.png"]
     expected = [
-        "image_000.png",
-        "image_001.png",
+        "grid.png",
+        *(f"image_{n:03d}/{name}" for n in range(2) for name in per_image),
         *(f"gallery/class_{k:03d}.png" for k in range(10)),
     ]
-    assert result.stdout.strip().splitlines()[-1] == f"Wrote {len(expected)} figures under {out}."
+    assert result.stdout.strip().splitlines()[-1] == (
+        f"Wrote the grid, 4 explainer figures and 12 of the method's own under {out}; report: "
+        f"{workdir / 'report' / 'index.html'}"
+    )
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert written == sorted(expected)
     for name in expected:
@@ -303,18 +309,34 @@ def test_explain_launcher_reads_the_workdir(python, trained):
         # Drawn, not blank: many colours and dark (text, image) beside light pixels.
         assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50, name
         assert pixels.min() < 64 and pixels.max() > 192, name
-    records = json.loads((out / "explanations.json").read_text())["images"]
+    posthoc = json.loads((out / "posthoc.json").read_text())
+    assert posthoc["explainers"] == ["saliency", "prp"] and posthoc["images"] == [0, 1]
+    assert sorted(posthoc["figures"] + posthoc["own_explanation"]) == sorted(expected)
+    records = json.loads((out / "this_looks_like_that.json").read_text())["images"]
     assert [r["index"] for r in records] == [0, 1]
     test = trained["dataset"].split("test").get_batch(np.arange(2))
     logits = np.asarray(trained["method"].predict(trained["final"], jnp.asarray(test["image"])))
     kernel = trained["final"]["params"]["last_layer"]["kernel"]
-    for record, row, label in zip(records, logits, test["label"]):
+    for n, (record, row, label) in enumerate(zip(records, logits, test["label"])):
         assert record["label"] == int(label) and record["predicted"] == int(np.argmax(row))
         np.testing.assert_allclose(record["logit"], row.max(), rtol=1e-5)
-        assert len(record["prototypes"]) == 3  # the default --top_k
+        assert len(record["prototypes"]) == 3  # top_k
         for shown in record["prototypes"]:
             assert shown["weight"] == pytest.approx(kernel[shown["prototype"], record["predicted"]])
             assert shown["contribution"] == pytest.approx(shown["similarity"] * shown["weight"])
+        # PRP explains the predicted class's most similar prototype.
+        facts = json.loads((out / f"image_{n:03d}" / "image.json").read_text())
+        assert facts["prediction"] == trained["dataset"].class_names[record["predicted"]]
+        assert facts["prp_prototype"] // M == record["predicted"]
+    report = (workdir / "report" / "index.html").read_text()
+    assert "explanations/test/grid.png" in report
+
+    again = python(*args, "--num_images=1", "--explainers=saliency")
+    assert again.returncode == 0, again.stderr[-2000:]
+    left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    galleries = [f"gallery/class_{k:03d}.png" for k in range(10)]
+    assert left == sorted(["grid.png", "image_000/saliency.png",
+                           "image_000/this_looks_like_that.png", *galleries])  # fmt: skip
 
 
 @pytest.mark.slow

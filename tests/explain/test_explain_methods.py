@@ -1,0 +1,124 @@
+"""Every explainer on every method's default target (the predicted class's logit), as the
+explain launcher runs them: through the method's exported targets, on images in [0, 1] that
+the loaded method normalises itself.
+
+Each method is built from its digits config, shrunk, with freshly initialised weights: the
+explainers' properties checked here (shapes, finite maps, saliency against `jax.grad`,
+integrated gradients' completeness, PRP against `explain.prp.prp`) do not depend on training.
+Pantypes is ProtoVAE with another loss: it inherits ProtoVAE's targets and own explanation,
+which is checked instead of running the explainers a second time on the same network.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.tree_util import Partial
+
+from protojax.config import load_config, set_value
+from protojax.data.digits import load_digits
+from protojax.data.pipeline import normalize
+from protojax.explain import EXPLAINERS, explain_all
+from protojax.explain.lrp import composite_by_name
+from protojax.explain.prp import protovae_relevance, prp
+from protojax.methods import build_method
+from protojax.runs import LoadedMethod
+
+B = 2
+# Small settings: the properties hold for any number of samples or masks.
+OPTIONS = {
+    "smoothgrad": {"num_samples": 2},
+    "integrated_gradients": {"steps": 64},
+    "rise": {"num_masks": 8},
+    "relax": {"num_masks": 8},
+}
+METHODS = {
+    "blackbox": ("blackbox_digits", {"data.image_size": 16}),
+    "protopnet": (
+        "protopnet_digits",
+        {"data.image_size": 8, "model.prototypes_per_class": 2, "model.prototype_dim": 8},
+    ),
+    "protovae": ("protovae_digits", {"model.prototypes_per_class": 2}),
+    "flint": ("flint_digits", {}),
+}
+
+
+@jax.jit
+def _call(fn, *args):
+    return fn(*args)
+
+
+@pytest.fixture(scope="module", params=list(METHODS))
+def model(request):
+    name, overrides = METHODS[request.param]
+    config = load_config(name)
+    for key, value in overrides.items():
+        set_value(config, key, value)
+    dataset = load_digits(image_size=config.data.image_size)
+    method = build_method(config, dataset)
+    images = dataset.split("test").get_batch(np.arange(B))["image"]
+    variables = method.init(
+        jax.random.key(0), {"image": normalize(images, config.data.normalization)}
+    )
+    loaded = LoadedMethod(method, config.data.normalization)
+    return request.param, method, loaded, variables, jnp.asarray(images)
+
+
+def test_every_explainer_on_the_default_target(model):
+    name, method, loaded, variables, images = model
+    targets = loaded.targets(variables)
+    logits = np.asarray(loaded.predict(variables, images))
+    predicted = jnp.asarray(logits.argmax(axis=1))
+    score = targets["class_logit"]
+
+    # The targets every method exports (interface §1).
+    np.testing.assert_allclose(_call(score, images, predicted), logits.max(axis=1), rtol=1e-5)
+    softmax = np.exp(logits - logits.max(1, keepdims=True))
+    softmax /= softmax.sum(1, keepdims=True)
+    probability = _call(targets["class_probability"], images, predicted)
+    np.testing.assert_allclose(probability, softmax.max(axis=1), rtol=1e-5)
+    embedding = np.asarray(_call(targets["embedding"], images))
+    assert embedding.ndim == 2 and embedding.shape[0] == B
+
+    has_prp = name in ("protopnet", "protovae")
+    assert ("prp" in targets) == has_prp
+    prototypes = jnp.asarray([1, 0]) if has_prp else None
+    result = explain_all(
+        score, images, rng=jax.random.key(0), targets=predicted, embed_fn=targets["embedding"],
+        prp_fn=targets.get("prp"), prp_targets=prototypes, options=OPTIONS, image_batch=B,
+    )  # fmt: skip
+    expected = [e for e in EXPLAINERS if e != "prp" or has_prp]
+    assert list(result.maps) == expected and result.nonfinite == {}
+    for explainer, maps in result.maps.items():
+        assert maps.shape == (B, *images.shape[1:3]), explainer
+        assert np.all(np.isfinite(maps)) and np.any(maps != 0), explainer
+    assert np.all(result.maps["gradcam"] >= 0) and np.all(result.uncertainty >= 0)
+
+    # Saliency is max_c |∂ score / ∂ pixel|, pixels in [0, 1].
+    grads = jax.grad(lambda x: jnp.sum(score(x, predicted)))(images)
+    np.testing.assert_allclose(result.maps["saliency"], np.abs(grads).max(-1), rtol=1e-4, atol=1e-7)
+    # Completeness: IG sums to score(x) − score(black), up to the 64-step quadrature.
+    gap = np.asarray(score(images, predicted) - score(jnp.zeros_like(images), predicted))
+    total = result.maps["integrated_gradients"].sum(axis=(1, 2))
+    np.testing.assert_allclose(total, gap, rtol=0.02, atol=1e-3 * np.abs(gap).max())
+
+    if name == "protovae":  # the prp target's LRP is PRP from μ
+        direct = prp(
+            Partial(method.embed, variables),
+            protovae_relevance(variables["params"]["prototypes"]),
+            normalize(images, "symmetric"),
+            targets=prototypes,
+            composite=composite_by_name("prp", low=-1.0, high=1.0),
+        )
+        np.testing.assert_allclose(
+            result.maps["prp"], np.asarray(direct).sum(-1), rtol=1e-4, atol=1e-6
+        )
+
+
+def test_pantypes_explains_as_protovae():
+    from protojax.methods import pantypes, protovae
+
+    assert pantypes.Pantypes.targets is protovae.ProtoVAE.targets
+    assert pantypes.own_explanation is protovae.own_explanation
