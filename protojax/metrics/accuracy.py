@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -69,8 +71,12 @@ def top_k_accuracy(logits, labels, *, k: int = 5, valid=None) -> MetricResult:
     """
     if int(k) != k or k < 1:
         raise ValueError(f"k must be a positive integer, got {k}.")
-    logits, labels, valid = _checked(logits, labels, valid)
-    top = jnp.argsort(-logits, axis=-1, stable=True)[:, : int(k)]
+    return _top_k_accuracy(*_checked(logits, labels, valid), k=int(k))
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _top_k_accuracy(logits, labels, valid, *, k: int) -> MetricResult:
+    top = jnp.argsort(-logits, axis=-1, stable=True)[:, :k]
     hit = jnp.any(top == labels[:, None], axis=-1)
     counted = jnp.sum(valid)
     aggregate = jnp.where(counted > 0, jnp.sum(hit & valid) / jnp.maximum(counted, 1), jnp.nan)
