@@ -206,21 +206,29 @@ def explainer_maps(names, targets, images, predicted, prp_targets, *, rng, batch
 
 
 def traceable_explainer(name, score_fn, targets, *, layer=None):
-    """`explain(images) -> [B, H, W]` for a deterministic explainer, callable under jit."""
+    """`explain(images) -> [B, H, W]` for a deterministic explainer, callable under jit, with
+    the settings `explain_all` uses (`protojax.explain.runner.DEFAULTS`)."""
     import jax
 
     from protojax.explain import integrated_gradients, lrp, reduce_channels, saliency
     from protojax.explain.gradcam import layer_gradcam
+    from protojax.explain.runner import DEFAULTS
+
+    s = DEFAULTS[name]
 
     def run(score_fn, targets, images):
         if name == "saliency":
-            return reduce_channels(saliency(score_fn, images, targets=targets), "max_abs")
+            return reduce_channels(saliency(score_fn, images, targets=targets), s["reduce"])
         if name == "integrated_gradients":
-            ig = integrated_gradients(score_fn, images, baseline=0.0, steps=50, targets=targets)
-            return reduce_channels(ig, "sum")
+            ig = integrated_gradients(
+                score_fn, images, baseline=s["baseline"], steps=s["steps"], method=s["method"],
+                targets=targets,
+            )  # fmt: skip
+            return reduce_channels(ig, s["reduce"])
         if name == "gradcam":
             return layer_gradcam(score_fn, images, layer=layer, targets=targets)
-        return reduce_channels(lrp(score_fn, images, targets=targets), "sum")
+        relevance = lrp(score_fn, images, targets=targets, composite=s["composite"])
+        return reduce_channels(relevance, s["reduce"])
 
     return jax.tree_util.Partial(run, score_fn, targets)
 
