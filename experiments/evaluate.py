@@ -267,23 +267,46 @@ def prp_bounds(method, channels: int) -> dict:
     return bounds
 
 
-def randomisation_layers(params, limit: int = 6) -> list[tuple[str, ...]]:
-    """Parameter prefixes from the output down: the top-level modules in reverse order of
-    creation, a backbone or encoder expanded into its own blocks, the decoder left out (it
-    plays no part in the prediction); at most `limit`."""
-    layers = []
-    for key in reversed(list(params)):
-        if key == "decoder":
-            continue
-        value = params[key]
+def randomisation_layers(method, variables, images, limit: int = 6) -> list[tuple[str, ...]]:
+    """Parameter prefixes from the output down, in the order the prediction calls them (Flax
+    keeps parameters sorted by name, not by depth): the modules `predict` calls, a backbone,
+    encoder or predictor expanded into its own blocks, and arrays owned by the model itself
+    (such as `prototypes`) just below the last module called, the head. Modules `predict`
+    never calls (a decoder) are left out; at most `limit`."""
+    import flax.linen as nn
+    import jax
+
+    params = variables["params"]
+    calls: list[tuple[str, ...]] = []
+
+    def record(next_fun, args, kwargs, context):
+        path = tuple(context.module.path)
+        if path and path not in calls:
+            calls.append(path)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda x: method.predict(variables, x), images[:1])
+    prefixes = []
+    for key, value in params.items():
         children = list(value) if isinstance(value, dict) else []
-        if key in ("backbone", "encoder", "predictor") and all(
-            isinstance(value[c], dict) for c in children
+        if (
+            key in ("backbone", "encoder", "predictor")
+            and children
+            and all(isinstance(value[c], dict) for c in children)
         ):
-            layers.extend((key, child) for child in reversed(children))
+            prefixes.extend((key, child) for child in children)
         else:
-            layers.append((key,))
-    return layers[:limit]
+            prefixes.append((key,))
+
+    def first_call(prefix):
+        found = [i for i, path in enumerate(calls) if path[: len(prefix)] == prefix]
+        return found[0] if found else None
+
+    called = sorted((p for p in prefixes if first_call(p) is not None), key=first_call)
+    owned = [p for p in prefixes if not isinstance(params[p[0]], dict)]
+    top_first = [*called[-1:], *owned, *reversed(called[:-1])]
+    return top_first[:limit]
 
 
 # --- one run -----------------------------------------------------------------------------------
@@ -473,7 +496,7 @@ def evaluate_run(
         )  # fmt: skip
         trust.setdefault("max_sensitivity", {})[name] = float(result.aggregate)
     progress("cascading parameter randomisation")
-    layers = randomisation_layers(variables["params"])
+    layers = randomisation_layers(method, variables, images)
     for name in [n for n in quick if n in ("saliency", "gradcam")]:
 
         def explain_with(params, name=name):
