@@ -1014,6 +1014,8 @@ def run_markdown(record: dict) -> str:
 
 def _rows(rows, d, used: list[str]) -> list[str]:
     """A metric table naming each definition's function; `used` collects the definitions."""
+    if all(value is None for _, value, _ in rows):
+        return ["Not applicable (see below)."]
     lines = ["| metric | value | defined by |", "|---|---|---|"]
     for name, value, key in rows:
         if value is None:
