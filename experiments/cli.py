@@ -60,7 +60,9 @@ def load_config(name: str | None, overrides: list[tuple[str, str]]):
         raise UsageError("Pass --config=NAME (a file in experiments/configs/) or a path to a .py.")
     config = config_lib.load_config(name)
     config_lib.apply_overrides(config, overrides)
-    return config, os.path.splitext(os.path.basename(name))[0]
+    # `NAME:ARG` (a config argument) names its default workdir NAME_ARG.
+    base, _, arg = os.path.basename(name).partition(":")
+    return config, "_".join(filter(None, (os.path.splitext(base)[0], arg)))
 
 
 HELP_FLAGS = ("--help", "-h", "--helpfull", "-help")

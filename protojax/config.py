@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import inspect
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -136,7 +137,11 @@ def find_config_file(name_or_path: str) -> Path:
 
 
 def load_config(name_or_path: str, arg: str | None = None) -> ConfigDict:
-    """Imports a config file and returns its locked `get_config()`."""
+    """Imports a config file and returns its locked `get_config()`, or `get_config(arg)`;
+    `NAME:ARG` passes ARG as the argument (`protopnet_cub:vgg19`), as ml_collections'
+    config flags do."""
+    if arg is None and ":" in name_or_path:
+        name_or_path, arg = name_or_path.rsplit(":", 1)
     path = find_config_file(name_or_path)
     spec = importlib.util.spec_from_file_location(f"_protojax_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
@@ -145,6 +150,8 @@ def load_config(name_or_path: str, arg: str | None = None) -> ConfigDict:
         raise UsageError(
             f"Config file {path} has no get_config(); define one returning a ConfigDict."
         )
+    if arg is not None and not inspect.signature(module.get_config).parameters:
+        raise UsageError(f"Config {path.stem} takes no argument; drop ':{arg}'.")
     config = module.get_config() if arg is None else module.get_config(arg)
     if not isinstance(config, ConfigDict):
         raise UsageError(f"get_config() in {path} must return an ConfigDict.")

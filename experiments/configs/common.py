@@ -2,6 +2,7 @@
 engine's `train`, the data layer's `data`, and the method's `model` and `optim` sections."""
 
 from protojax.config import ConfigDict
+from protojax.errors import UsageError
 from protojax.runs import default_config as base_config
 
 # The data set-ups of the official ProtoVAE and Pantypes code (main.py and settings.py of
@@ -49,11 +50,32 @@ def vae_config(method: str, dataset: str, *, prototypes_per_class: int, epochs: 
     return config
 
 
-def protopnet_fine_grained_config(source: str) -> ConfigDict:
-    """ProtoPNet at 224 px with ResNet-34 as the official CUB code runs it (cfchen-duke/ProtoPNet):
-    box-cropped images, anisotropic resize, ImageNet normalisation, batch 80/100/75, 10
-    prototypes of depth 256 per class, the official stages, and ×30 online passes of the official
-    Augmentor mix (rotate, skew or shear, and a flip) standing in for its 30 offline copies."""
+# The backbones of the ProtoPNet paper's CUB table (Chen et al. 2019, table 1) → prototype
+# depth D. The official settings.py default is VGG-19 with D = 128; the ensemble notebook
+# (combine_models.ipynb) pairs ResNet-34 with D = 256 and VGG-19 and DenseNet-121 with 128;
+# the others keep the settings.py default. Every one uses the regular add-on at 224 px.
+PROTOPNET_BACKBONES = {
+    "vgg16": 128,
+    "vgg19": 128,
+    "resnet34": 256,
+    "resnet152": 128,
+    "densenet121": 128,
+    "densenet161": 128,
+}
+
+
+def protopnet_fine_grained_config(source: str, backbone: str = "resnet34") -> ConfigDict:
+    """ProtoPNet at 224 px as the official CUB code runs it (cfchen-duke/ProtoPNet): box-cropped
+    images, anisotropic resize, ImageNet normalisation, batch 80/100/75, 10 prototypes per class
+    of the backbone's depth (`PROTOPNET_BACKBONES`), regular add-on layers, the official
+    stages, and ×30 online passes of the official Augmentor mix (rotate, skew or shear, and a
+    flip) standing in for its 30 offline copies. The weights are read from
+    `weights/{backbone}_imagenet.npz`."""
+    if backbone not in PROTOPNET_BACKBONES:
+        raise UsageError(
+            f"Unknown ProtoPNet backbone '{backbone}' in the config argument; use one of "
+            f"{', '.join(PROTOPNET_BACKBONES)} (others: --config.model.backbone=NAME)."
+        )
     config = base_config("protopnet")
     config.data.name = source
     config.data.crop_to_box = True
@@ -64,10 +86,10 @@ def protopnet_fine_grained_config(source: str) -> ConfigDict:
     config.data.val_split = "test"
     config.data.augment.augmentor_mix = True
     config.data.augment.hflip = True
-    config.model.backbone = "resnet34"
-    config.model.backbone_weights = "weights/resnet34_imagenet.npz"
+    config.model.backbone = backbone
+    config.model.backbone_weights = f"weights/{backbone}_imagenet.npz"
     config.model.prototypes_per_class = 10
-    config.model.prototype_dim = 256
+    config.model.prototype_dim = PROTOPNET_BACKBONES[backbone]
     config.model.add_on_layers = "regular"
     config.model.push_batch_size = 75
     config.model.passes_per_epoch = 30

@@ -18,6 +18,14 @@ number of steps; the originals are trained on only through these copies, as offi
 test split is evaluated once per ProtoPNet epoch as the official code does (it is
 data.val_split; nothing is selected on it).
 
+Backbones: the config argument picks one of the backbones of the paper's CUB table, each with
+the official regular add-on, 224-px input and its prototype depth D
+(experiments/configs/common.py): `--config=protopnet_cub:vgg19` (the official code's default,
+D = 128), `:resnet34` (the default here, D = 256, as in the official ensemble), `:densenet121`
+(D = 128), and `:vgg16`, `:resnet152`, `:densenet161` (D = 128). Each reads its weights from
+`weights/ARCH_imagenet.npz`, converted as below with `--arch=ARCH`; the default workdir is
+`workdirs/protopnet_cub_ARCH`.
+
 Without the converted weights file the run stops and names the conversion command; pass
 --config.model.allow_random_init=true to train from scratch.
 
@@ -31,5 +39,5 @@ last-layer epochs, each of 30 passes over 5,994 images at batch 80.
 from experiments.configs.common import protopnet_fine_grained_config
 
 
-def get_config():
-    return protopnet_fine_grained_config("tfds:caltech_birds2011")
+def get_config(backbone: str = "resnet34"):
+    return protopnet_fine_grained_config("tfds:caltech_birds2011", backbone)

@@ -51,14 +51,26 @@ def conv2d(
     )
 
 
-def batch_norm(train: bool, *, name: str, dtype=jnp.float32, param_dtype=jnp.float32):
-    """`torch.nn.BatchNorm2d` (epsilon 1e-5, momentum 0.1 in torch's convention)."""
+def batch_norm(
+    train: bool,
+    *,
+    name: str | None,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    fast_variance: bool = True,
+):
+    """`torch.nn.BatchNorm2d` (epsilon 1e-5, momentum 0.1 in torch's convention).
+
+    `name=None` takes Flax's automatic name (`BatchNorm_N`). `fast_variance=False` computes
+    the batch variance as mean((x − mean)²), as torch does, instead of E[x²] − E[x]², which
+    loses precision in float32 when |mean| ≫ std."""
     return nn.BatchNorm(
         use_running_average=not train,
         momentum=0.9,
         epsilon=1e-5,
         dtype=dtype,
         param_dtype=param_dtype,
+        use_fast_variance=fast_variance,
         name=name,
     )
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from protojax.errors import UsageError
+from protojax.nn.layers import batch_norm
 
 # log σ² is clamped to [log 1e-8, −log 1e-8], as in the official code.
 LOGVAR_BOUND = -math.log(1e-8)
@@ -182,11 +183,10 @@ class ConvTranspose2d(nn.Module):
 
 # torch's BatchNorm defaults: momentum 0.1 (0.9 here), eps 1e-5, γ = 1, β = 0; the batch
 # variance in two passes, as torch takes it.
-_TORCH_BATCH_NORM = {"momentum": 0.9, "epsilon": 1e-5, "use_fast_variance": False}
-
-
 def _batch_norm(train: bool, dtype) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, dtype=dtype, **_TORCH_BATCH_NORM)
+    # Automatic names (BatchNorm_N), as saved runs have them; the variance as torch computes
+    # it, about the mean.
+    return batch_norm(train, name=None, dtype=dtype, fast_variance=False)
 
 
 class Encoder(nn.Module):

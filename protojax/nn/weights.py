@@ -388,29 +388,10 @@ def _unwrap(loaded: Any) -> Any:
 
 
 def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-    import json
-    import struct
-
-    import ml_dtypes
+    import ml_dtypes  # noqa: F401 - registers bfloat16 with NumPy, for BF16 tensors
     import safetensors.numpy
 
-    try:
-        return safetensors.numpy.load_file(path)
-    except TypeError:
-        pass  # bfloat16, which NumPy lacks: read the raw buffers below
-    dtypes = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32,
-              "F64": np.float64, "I64": np.int64, "I32": np.int32}  # fmt: skip
-    raw = path.read_bytes()
-    (size,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + size])
-    out = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = entry["data_offsets"]
-        buffer = raw[8 + size + start : 8 + size + end]
-        out[name] = np.frombuffer(buffer, dtypes[entry["dtype"]]).reshape(entry["shape"])
-    return out
+    return safetensors.numpy.load_file(path)
 
 
 def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:

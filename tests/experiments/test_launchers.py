@@ -29,6 +29,10 @@ def last_line(result):
             ["--config=blackbox_digits", "--config.train.epochs=two"],
             "Config key 'train.epochs' expects an integer, got 'two'.",
         ),
+        (
+            ["--config=protopnet_cub:vgg17"],
+            "Unknown ProtoPNet backbone 'vgg17' in the config argument; use one of vgg16, vgg19",
+        ),
     ],
 )
 def test_usage_errors_exit_2_with_the_sentence_last(python, tmp_path, args, pattern):

@@ -213,3 +213,108 @@ def test_launcher_exit_code_and_last_line(tmp_path):
     assert result.returncode == 2
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert lines[-1] == "Pass exactly one of --torch_checkpoint=PATH and --random_init."
+
+
+def test_checksum_mismatch_is_one_clear_sentence(tmp_path):
+    model = ResNet(BasicBlock, (1,))
+    digest = save_variables(tmp_path / "w.npz", random_like(shapes_of(model)))
+    sidecar = (tmp_path / "w.npz.sha256").read_text()
+    assert sidecar == f"{digest}  w.npz\n" and len(digest) == 64
+    # Another valid weight file under the same name: readable, but not the checksummed one.
+    save_variables(tmp_path / "other.npz", random_like(shapes_of(model), seed=9))
+    (tmp_path / "other.npz").replace(tmp_path / "w.npz")
+    with pytest.raises(CheckpointError) as info:
+        load_variables(tmp_path / "w.npz", like=shapes_of(model))
+    message = str(info.value)
+    assert "does not match its checksum in w.npz.sha256" in message
+    assert f"expected {digest[:12]}…" in message and "convert the weights again" in message
+    assert "\n" not in message
+    # Without the sidecar, the file loads (checksums are verified when present).
+    (tmp_path / "w.npz.sha256").unlink()
+    load_variables(tmp_path / "w.npz", like=shapes_of(model))
+
+
+def test_bfloat16_and_float16_safetensors_load_exactly(tmp_path):
+    import ml_dtypes
+    import safetensors.numpy
+
+    from protojax.nn.weights import read_state_dict
+
+    rng = np.random.default_rng(3)
+    full = rng.normal(size=(64, 3, 7, 7)).astype(np.float32)
+    stored = {
+        "conv1.weight": full.astype(ml_dtypes.bfloat16),
+        "bn1.weight": rng.uniform(0.5, 1.5, 64).astype(np.float16),
+        "bn1.num_batches_tracked": np.array(7, np.int64),
+    }
+    safetensors.numpy.save_file(stored, tmp_path / "half.safetensors")
+    with open(tmp_path / "half.safetensors", "rb") as file:  # the file really holds BF16
+        assert b'"dtype":"BF16"' in file.read(200)
+    got = read_state_dict(tmp_path / "half.safetensors")
+    assert got["conv1.weight"].dtype == got["bn1.weight"].dtype == np.float32
+    assert got["bn1.num_batches_tracked"].dtype == np.int64
+    # bfloat16 → float32 is exact: the values are the float32 ones with 16 mantissa bits cut.
+    want = (full.view(np.uint32) + 0x7FFF + ((full.view(np.uint32) >> 16) & 1)) >> 16 << 16
+    np.testing.assert_array_equal(got["conv1.weight"].view(np.uint32), want)
+    assert np.max(np.abs(got["conv1.weight"] - full)) <= np.max(np.abs(full)) * 2**-8
+    np.testing.assert_array_equal(got["bn1.weight"], stored["bn1.weight"].astype(np.float32))
+    variables = torch_state_dict_to_variables(got)
+    kernel = variables["params"]["conv1"]["kernel"]
+    np.testing.assert_array_equal(kernel, got["conv1.weight"].transpose(2, 3, 1, 0))
+
+
+def test_densenet_published_norm_dot_1_keys_map_like_the_class_names():
+    """torchvision's published DenseNet files name `norm1` … `conv2` of each dense layer
+    `norm.1` … `conv.2`; both spellings give the same variables."""
+    import json
+    import re
+
+    from protojax.nn.weights import check_variables
+
+    fixtures = ROOT / "tests" / "fixtures"
+    sys.path.insert(0, str(fixtures))
+    try:
+        import make_backbone_fixtures
+    finally:
+        sys.path.remove(str(fixtures))
+    with np.load(fixtures / "backbones" / "densenet121.npz") as data:
+        meta = json.loads(str(data["meta"]))
+    modern = make_backbone_fixtures.draw_state_dict(meta["manifest"], meta["seed"])
+    published = {
+        re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", k): v
+        for k, v in modern.items()
+    }
+    assert "features.denseblock4.denselayer16.norm.2.running_var" in published
+    assert "features.transition3.norm.weight" in published  # not a numbered norm: unchanged
+    # 58 dense layers × (two norms of 5 tensors, two convs of 1).
+    assert sum(bool(re.search(r"\.(norm|conv)\.[12]\.", k)) for k in published) == 58 * 12
+    a = flatten_variables(torch_state_dict_to_variables(modern, family="densenet"))
+    b = flatten_variables(torch_state_dict_to_variables(published, family="densenet"))
+    assert sorted(a) == sorted(b)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    assert "params/denseblock4/denselayer16/conv2/kernel" in b
+    assert "batch_stats/transition3/norm/var" in b
+    from protojax.nn import DenseNet
+
+    config = {**meta["config"], "block_config": tuple(meta["config"]["block_config"])}
+    like = jax.eval_shape(DenseNet(**config).init, jax.random.key(0), IMAGES)
+    check_variables(b, flatten_variables(like), source="densenet121")
+
+
+def test_donor_workdir_without_a_checkpoint_names_the_training_command(tmp_path):
+    from protojax.nn.weights import load_backbone
+
+    model = ResNet(BasicBlock, (1,))
+    variables = {c: {"backbone": t} for c, t in shapes_of(model).items()}
+    donor = tmp_path / "blackbox_run"
+    donor.mkdir()
+    (donor / "config.json").write_text("{}")  # a run that was set up but never saved a step
+    for checkpoints in (None, "checkpoints", "checkpoints/3"):
+        if checkpoints:
+            (donor / checkpoints).mkdir()  # empty folders: no checkpoint with a state
+        with pytest.raises(CheckpointError) as info:
+            load_backbone(variables, donor, arch="resnet18")
+        message = str(info.value)
+        assert f"The run in {donor} has no checkpoint yet; train it first" in message
+        assert f"--workdir={donor})" in message and "\n" not in message
