@@ -278,6 +278,9 @@ def check_source(workdir: pathlib.Path, config: ConfigDict) -> ConfigDict:
 
 def source_test_accuracy(method: BlackBox, variables, ctx, split: str = "test") -> float:
     """The black box's top-1 accuracy on `split` of the run's data, through an ordered pass."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    variables = jax.device_put(variables, NamedSharding(ctx.mesh, PartitionSpec()))
     predict = jax.jit(lambda v, images: jnp.argmax(method.predict(v, images), axis=-1))
     rows = ctx.collect(lambda batch: (predict(variables, batch["image"]), batch["label"]), split)
     return float(np.mean(rows[0] == rows[1]))

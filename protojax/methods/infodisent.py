@@ -89,9 +89,11 @@ def default_model_config() -> ConfigDict:
             # auto: cache the frozen backbone's training feature maps when data.augment is off;
             # on: always (an error with augmentation); off: the backbone runs in every step.
             "cache_features": "auto",
-            # Explanations: channels shown per image, training patches shown per channel.
+            # Explanations: channels shown per image, training patches shown per channel, and
+            # the test images a finished run explains in figures/channels/.
             "explain_channels": 3,
             "explain_patches": 4,
+            "figure_images": 3,
         }
     )
 
@@ -339,9 +341,11 @@ class InfoDisent(Method):
         return summary
 
     def figures(self, variables, ctx):
-        """One channel explanation of each of the first test images (`model.explain_channels`
-        channels each) under figures/channels/."""
-        indices = np.arange(min(3, len(ctx.dataset.split("test"))))
+        """The channel explanations of the first `model.figure_images` test images under
+        figures/channels/."""
+        indices = np.arange(min(self.config.model.figure_images, len(ctx.dataset.split("test"))))
+        if not len(indices):
+            return []
         images = ctx.dataset.split("test").get_batch(indices)["image"]
         batches = functools.partial(ctx.collect, split="train")
         paths = self.explanation_figures(
