@@ -321,8 +321,7 @@ class InfoDisent(Method):
         }
 
     def summarize(self, variables, ctx):
-        a = jnp.asarray(variables["params"]["unmix"]["a"])
-        u = np.asarray(orthogonal_unmixing(a), np.float64)
+        u = np.asarray(jax.jit(orthogonal_unmixing)(variables["params"]["unmix"]["a"]), np.float64)
         kernel = np.asarray(variables["params"]["head"]["kernel"])
         summary = {
             "blackbox_test_accuracy": None,

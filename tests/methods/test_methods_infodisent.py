@@ -56,7 +56,7 @@ def runs(tmp_path_factory):
     digits = load_digits(image_size=12)
     mesh = make_data_mesh(jax.devices()[:1])
     cached_dir = tmp_path_factory.mktemp("cached")
-    cached = train_run(small(**{"model.figure_images": 1}), cached_dir, mesh, dataset=digits)
+    cached = train_run(small(), cached_dir, mesh, dataset=digits)
     source = str(cached_dir / "blackbox")
     uncached_config = small(**{"model.cache_features": "off", "model.source_workdir": source})
     uncached_dir = tmp_path_factory.mktemp("uncached")
@@ -64,16 +64,18 @@ def runs(tmp_path_factory):
     return digits, (cached_dir, cached), (uncached_dir, uncached)
 
 
-def params_of(workdir):
-    _, variables, _ = load_workdir(workdir)
-    return jax.device_get(variables["params"])
+@pytest.fixture(scope="module")
+def loaded(runs):
+    """`load_workdir` of the cached and the uncached run."""
+    _, (cached_dir, _), (uncached_dir, _) = runs
+    return load_workdir(cached_dir), load_workdir(uncached_dir)
 
 
-def test_cached_and_uncached_heads_train_to_the_same_parameters(runs):
-    _, (cached_dir, cached), (uncached_dir, uncached) = runs
+def test_cached_and_uncached_heads_train_to_the_same_parameters(runs, loaded):
+    _, (_, cached), (_, uncached) = runs
     assert cached["feature_cache"] and not uncached["feature_cache"]
     assert cached["head_steps"] == uncached["steps"] > 0
-    a, b = params_of(cached_dir), params_of(uncached_dir)
+    a, b = (jax.device_get(variables["params"]) for _, variables, _ in loaded)
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), a["backbone"], b["backbone"])
     assert np.abs(a["unmix"]["a"]).max() > 1e-4  # A has moved from 0
     np.testing.assert_allclose(a["unmix"]["a"], b["unmix"]["a"], atol=1e-5)
@@ -81,9 +83,9 @@ def test_cached_and_uncached_heads_train_to_the_same_parameters(runs):
     assert abs(cached["test_accuracy"] - uncached["test_accuracy"]) <= 1 / 360
 
 
-def test_head_weights_stay_non_negative_and_u_orthogonal(runs):
-    _, (cached_dir, cached), _ = runs
-    kernel = params_of(cached_dir)["head"]["kernel"]
+def test_head_weights_stay_non_negative_and_u_orthogonal(runs, loaded):
+    _, (_, cached), _ = runs
+    kernel = np.asarray(loaded[0][1]["params"]["head"]["kernel"])
     assert kernel.min() >= 0.0 and (kernel > 0).mean() > 0.1
     assert cached["head_weight_min"] >= 0.0
     assert cached["unmixing_orthogonality_error"] < 1e-5
@@ -98,12 +100,12 @@ def test_black_box_trained_first_and_reported_beside(runs):
     events = [json.loads(line) for line in (cached_dir / "metrics.jsonl").read_text().splitlines()]
     assert any(e.get("event") == "train_blackbox_first" for e in events)
     assert [e["epoch"] for e in events if e.get("event") == "head_epoch"] == [1, 2]
-    assert (cached_dir / "figures" / "channels" / "image_000.png").is_file()
 
 
-def test_own_explanation_writes_one_figure_per_image(runs, tmp_path):
-    digits, (cached_dir, _), _ = runs
-    method, variables, config = load_workdir(cached_dir)
+def test_own_explanation_writes_one_figure_per_image(runs, loaded, tmp_path):
+    digits = runs[0]
+    method, variables, config = loaded[0]
+    set_value(config, "model.explain_patches", 2)
     paths = infodisent.own_explanation(
         method, variables, config, digits, split="test", indices=np.array([3, 5]), out=tmp_path
     )
@@ -111,28 +113,31 @@ def test_own_explanation_writes_one_figure_per_image(runs, tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
-def test_targets_agree_with_predict_and_embed(runs):
-    digits, (cached_dir, _), _ = runs
-    method, variables, _ = load_workdir(cached_dir)
+def test_targets_agree_with_predict_and_embed(runs, loaded):
+    digits = runs[0]
+    method, variables, _ = loaded[0]
     images = jnp.asarray(digits.split("test").get_batch(np.arange(4))["image"])
-    targets = method.targets(variables)
-    logits = np.asarray(method.predict(variables, images))
     classes = jnp.array([0, 1, 2, 3])
-    np.testing.assert_allclose(
-        targets["class_logit"](images, classes), logits[np.arange(4), classes], rtol=1e-5
-    )
+
+    @jax.jit
+    def scores(variables):
+        targets = method.targets(variables)
+        return (
+            method.predict(variables, images),
+            targets["class_logit"](images, classes),
+            targets["class_probability"](images, classes),
+            targets["embedding"](images),
+            targets["channel_value"](images, classes),
+        )
+
+    logits, logit, probability, embedding, value = map(np.asarray, scores(variables))
+    rows = np.arange(4)
+    np.testing.assert_allclose(logit, logits[rows, classes], rtol=1e-5)
     probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    np.testing.assert_allclose(
-        targets["class_probability"](images, classes),
-        probabilities[np.arange(4), classes],
-        rtol=1e-5,
-    )
-    embedding = np.asarray(targets["embedding"](images))
+    np.testing.assert_allclose(probability, probabilities[rows, classes], rtol=1e-5)
     kernel = np.asarray(variables["params"]["head"]["kernel"])
     np.testing.assert_allclose(embedding @ kernel, logits, rtol=1e-4, atol=1e-4)  # no bias
-    np.testing.assert_allclose(
-        targets["channel_value"](images, classes), embedding[np.arange(4), classes]
-    )
+    np.testing.assert_allclose(value, embedding[rows, classes])
 
 
 def test_caching_with_augmentation_is_a_usage_error():
