@@ -1,10 +1,8 @@
 """InfoDisent on Stanford Cars (224 px) over a frozen ImageNet ResNet-50 (196 classes).
 
 Command: python -m experiments.train --config=infodisent_cars --config.data.data_dir=DIR
-Runtime: not measured (no GPU run here): one ResNet-50 pass over the 8,144 training images to
-cache their 7×7×2,048 feature maps, then 30 epochs of the head on the cache.
-Expected: test_accuracy close to a fine-tuned ResNet-50 (paper: "close to the fine-tuned
-backbone"; numbers not verified here); not run here.
+Runtime: not measured (no GPU here); one ResNet-50 pass over 8,144 images, then 30 head epochs.
+Expected: test_accuracy near a fine-tuned ResNet-50 (paper's claim; not verified, not run here).
 
 The backbone is ImageNet's ResNet-50, frozen: convert it first (`python -m
 experiments.convert_weights --arch=resnet50 --torch_checkpoint=PTH
