@@ -7,9 +7,9 @@ Expected: test_accuracy within 3 pp of the black box (0.997 measured, its black 
 With model.source_workdir empty the run first trains the black box of this config (the wide
 small CNN, Adam 2e-3, cosine, 6 epochs, as blackbox_shapes but without its flips) into
 WORKDIR/blackbox; --config.model.source_workdir=workdirs/blackbox_shapes explains an existing
-one (then about 1.5 minutes). The head trains 10 epochs on the cached 8×8×128 feature maps. Measured (seed 0,
-2026-12-06): test accuracy 0.997 beside the black box's 0.997; feature pass 19 s, 780 head
-steps 37 s; 86% of W's entries non-zero.
+one (then about 1.5 minutes). The head trains 10 epochs on the cached 8×8×128 feature maps.
+Measured (seed 0, 2026-12-06): test accuracy 0.997 beside the black box's 0.997; feature pass
+19 s, 780 head steps 37 s; 86% of W's entries non-zero.
 """
 
 from experiments.configs.common import base_config
