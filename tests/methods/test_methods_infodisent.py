@@ -102,7 +102,6 @@ def test_black_box_trained_first_and_reported_beside(runs):
     assert [e["epoch"] for e in events if e.get("event") == "head_epoch"] == [1, 2]
 
 
-@pytest.mark.slow  # 15–20 s: receptive fields and two passes over the training split
 def test_own_explanation_writes_one_figure_per_image(runs, loaded, tmp_path):
     digits = runs[0]
     method, variables, config = loaded[0]
