@@ -96,3 +96,22 @@ def protopnet_fine_grained_config(source: str, backbone: str = "resnet34") -> Co
     config.train.epochs = 31
     config.train.eval_every_epochs = 30
     return config
+
+
+def infodisent_fine_grained_config(source: str) -> ConfigDict:
+    """InfoDisent at 224 px on a frozen ImageNet ResNet-50 (converted into model.backbone_weights):
+    whole images resized to 224×224, ImageNet normalisation, no augmentation, so that the
+    backbone's training feature maps are cached once and the head trains on them."""
+    config = base_config("infodisent")
+    config.data.name = source
+    config.data.image_size = 224
+    config.data.batch_size = 64
+    config.data.eval_batch_size = 128
+    config.data.normalization = "imagenet"
+    config.data.val_fraction = 0.0
+    config.model.backbone = "resnet50"
+    config.model.backbone_weights = "weights/resnet50_imagenet.npz"
+    config.optim.lr = 1e-3
+    config.optim.unmixing_lr = 1e-4
+    config.train.epochs = 30
+    return config

@@ -96,8 +96,10 @@ def local_rows(global_batch: int, mesh: Mesh | None = None) -> np.ndarray:
     return device_rows(global_batch, mesh, mine)
 
 
-def _augment(batch: dict, *, seed: int, epoch: int, augment) -> dict:
-    if augment is None or not any(
+def augments(augment) -> bool:
+    """Whether `data.augment` changes any training image (a method that caches features of
+    un-augmented images checks it)."""
+    return augment is not None and any(
         [
             augment.crop_padding,
             augment.hflip,
@@ -105,7 +107,11 @@ def _augment(batch: dict, *, seed: int, epoch: int, augment) -> dict:
             augment.get("augmentor_mix"),
             augment.color_jitter,
         ]
-    ):
+    )
+
+
+def _augment(batch: dict, *, seed: int, epoch: int, augment) -> dict:
+    if not augments(augment):
         return batch
     from protojax.data.augment import augment_batch
 

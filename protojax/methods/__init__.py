@@ -15,7 +15,7 @@ from protojax.data.base import Dataset
 from protojax.errors import UsageError
 from protojax.train.protocol import Method
 
-BUILTIN = ("blackbox", "protopnet", "protovae", "pantypes", "flint")
+BUILTIN = ("blackbox", "protopnet", "protovae", "pantypes", "flint", "infodisent")
 
 
 @runtime_checkable

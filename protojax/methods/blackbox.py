@@ -1,19 +1,45 @@
 """The black-box reference: a backbone, global average pooling and a linear head trained with
-cross-entropy. Every self-explainable model's accuracy is compared with it."""
+cross-entropy. Every self-explainable model's accuracy is compared with it.
+
+Post-hoc methods (InfoDisent, KMEx) explain a trained black box: `source_config`,
+`train_first`, `load_source` and `source_test_accuracy` give them one, trained first into a
+sub-folder of their workdir when they are given none.
+"""
 
 from __future__ import annotations
+
+import json
+import logging
+import pathlib
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from protojax import config as config_lib
 from protojax.config import ConfigDict, compute_dtype
 from protojax.data.base import Dataset
+from protojax.errors import UsageError, WorkdirError
 from protojax.methods.common import accuracy, class_logit, class_probability, cross_entropy
 from protojax.nn import backbone_by_name
 from protojax.nn.weights import load_backbone
 from protojax.train import optim
+from protojax.train import workdir as wd
 from protojax.train.protocol import Method, Phase
+
+log = logging.getLogger("protojax")
+
+# Where a post-hoc method trains its black box when it is given none.
+SOURCE_SUBDIR = "blackbox"
+# The keys a black-box source must share with the method explaining it.
+_SHARED_KEYS = (
+    ("data", "name"),
+    ("data", "image_size"),
+    ("data", "normalization"),
+    ("model", "backbone"),
+    ("model", "stem"),
+)
 
 
 def default_model_config() -> ConfigDict:
@@ -53,8 +79,6 @@ def schedule_from_config(optim_config: ConfigDict, epochs: int):
         return optim.cosine(epochs)
     if name == "step":
         return optim.step_decay(optim_config.step_size, optim_config.gamma)
-    from protojax.errors import UsageError
-
     raise UsageError(f"Unknown optim.schedule '{name}'; use constant, cosine or step.")
 
 
@@ -166,3 +190,103 @@ class BlackBox(Method):
 
 def build(config: ConfigDict, dataset: Dataset) -> BlackBox:
     return BlackBox(config, dataset)
+
+
+def source_config(config: ConfigDict, *, epochs: int, lr: float) -> ConfigDict:
+    """The black box a post-hoc method's `config` explains when it names none: the same data,
+    seed, engine settings and backbone (`model.backbone`, `stem`, `backbone_weights`,
+    `allow_random_init`), trained `epochs` epochs with Adam at `lr` on a cosine schedule."""
+    model = default_model_config()
+    for key in model:
+        if key in config.model:
+            model[key] = config.model[key]
+    optim_config = default_optim_config()
+    optim_config.lr = lr
+    train = config_lib.from_dict(config_lib.to_dict(config.train))
+    train.epochs = epochs
+    train.stop_after_steps = 0
+    return config_lib.from_dict(
+        {
+            "method": "blackbox",
+            "seed": config.seed,
+            "data": config_lib.to_dict(config.data),
+            "model": config_lib.to_dict(model),
+            "optim": config_lib.to_dict(optim_config),
+            "train": config_lib.to_dict(train),
+        }
+    )
+
+
+def train_first(config: ConfigDict, ctx, *, epochs: int, lr: float) -> pathlib.Path:
+    """Trains (or resumes, or reuses once finished) the black box of `source_config` into
+    `ctx.workdir / SOURCE_SUBDIR`, says so in the log, and returns that folder."""
+    from protojax.train import loop
+
+    path = ctx.workdir / SOURCE_SUBDIR
+    if (path / wd.SUMMARY).is_file():
+        return path
+    blackbox = source_config(config, epochs=epochs, lr=lr)
+    log.info(
+        "No trained source given (model.source_workdir, model.backbone_weights): training the "
+        "black box of this config first, into %s.",
+        path,
+    )
+    ctx.log(event="train_blackbox_first", workdir=str(path), epochs=epochs)
+    loop.run(BlackBox(blackbox, ctx.dataset), blackbox, path, ctx.mesh, dataset=ctx.dataset)
+    return path
+
+
+def load_source(workdir: str | pathlib.Path, config: ConfigDict, dataset: Dataset):
+    """`(method, variables)` of the trained black box in `workdir`, checked against `config`,
+    the config of the method explaining it.
+
+    Raises:
+      WorkdirError: `workdir` holds no run.
+      UsageError: it is not a black box, or its data or backbone differ from `config`'s.
+      CheckpointError: it has no readable checkpoint.
+    """
+    from protojax.train import loop
+
+    workdir = pathlib.Path(workdir)
+    stored = check_source(workdir, config)
+    method = BlackBox(stored, dataset)
+    return method, loop.restore_variables(method, stored, dataset, workdir)
+
+
+def check_source(workdir: pathlib.Path, config: ConfigDict) -> ConfigDict:
+    """The config of the black box in `workdir`, after checking that it is one, with the same
+    data and backbone as `config`."""
+    path = pathlib.Path(workdir) / wd.CONFIG
+    if not path.is_file():
+        raise WorkdirError(
+            f"{workdir} holds no trained run (no {wd.CONFIG}); train the black box there first "
+            f"(python -m experiments.train --config=blackbox_NAME --workdir={workdir}) or leave "
+            "model.source_workdir empty to train one first."
+        )
+    stored = config_lib.from_dict(json.loads(path.read_text()))
+    if stored.method != "blackbox":
+        raise UsageError(
+            f"{workdir} holds a '{stored.method}' run, not a black box; point "
+            "model.source_workdir at a blackbox run."
+        )
+    differ = [
+        f"{section}.{key}"
+        for section, key in _SHARED_KEYS
+        if stored[section].get(key) != config[section][key]
+    ]
+    if differ:
+        raise UsageError(
+            f"The black box in {workdir} differs from this config in {', '.join(differ)}; "
+            "use a black box trained on the same data with the same backbone."
+        )
+    return stored
+
+
+def source_test_accuracy(method: BlackBox, variables, ctx, split: str = "test") -> float:
+    """The black box's top-1 accuracy on `split` of the run's data, through an ordered pass."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    variables = jax.device_put(variables, NamedSharding(ctx.mesh, PartitionSpec()))
+    predict = jax.jit(lambda v, images: jnp.argmax(method.predict(v, images), axis=-1))
+    rows = ctx.collect(lambda batch: (predict(variables, batch["image"]), batch["label"]), split)
+    return float(np.mean(rows[0] == rows[1]))
