@@ -1,0 +1,22 @@
+"""KMEx on the generated shapes set (64 px, 6 classes): the black box of blackbox_shapes,
+trained first into WORKDIR/blackbox, then 5 centroids per class on its pooled embeddings.
+
+Command: python -m experiments.train --config=kmex_shapes --workdir=workdirs/kmex_shapes
+Runtime: that of blackbox_shapes (about 15–20 minutes on 2 idle CPU cores) plus a minute; with
+--config.model.source_workdir=workdirs/blackbox_shapes, only the minute.
+Expected: MEASURED
+"""
+
+from experiments.configs.blackbox_shapes import get_config as blackbox_shapes
+from experiments.configs.common import base_config
+
+
+def get_config():
+    config = base_config("kmex")
+    bb = blackbox_shapes()
+    config.data = bb.data
+    config.optim = bb.optim
+    config.train = bb.train
+    config.model.backbone = bb.model.backbone
+    config.model.per_class = 5
+    return config
