@@ -48,6 +48,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from protojax import config as config_lib
 from protojax.config import ConfigDict
@@ -269,6 +270,7 @@ class KMEx(Method):
         where = self.trained_source(ctx)
         dataset = read_dataset(where)
         source = loop.restore_variables(self.source, self.source_config, dataset, where)
+        source = jax.device_put(source, NamedSharding(ctx.mesh, PartitionSpec()))
         variables = {**source, STATE: variables[STATE]}
         rows = ctx.collect(functools.partial(self._embed_rows, variables), "train")
         m = self.config.model

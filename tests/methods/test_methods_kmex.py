@@ -12,12 +12,9 @@ import pytest
 import protojax
 from protojax.config import load_config, set_value
 from protojax.data.digits import load_digits
-from protojax.data.pipeline import normalize
 from protojax.errors import UsageError
 from protojax.methods import build_method, default_config
 from protojax.methods import kmex as kmex_lib
-from protojax.methods.protovae import ProtoVAENet
-from protojax.prototypes import layer
 from protojax.runs import train as train_run
 from protojax.train import make_data_mesh
 from protojax.train import workdir as wd
@@ -46,10 +43,11 @@ def _config(**overrides):
 
 
 def _embeddings(method, variables, split, batch_size=512):
+    embed = jax.jit(method.embed)
     out = []
     for start in range(0, len(split), batch_size):
         raw = split.get_batch(np.arange(start, min(start + batch_size, len(split))))
-        out.append(np.asarray(method.embed(variables, jnp.asarray(raw["image"]))))
+        out.append(np.asarray(embed(variables, jnp.asarray(raw["image"]))))
     return np.concatenate(out), split.labels
 
 
@@ -65,7 +63,8 @@ def test_kmex_trains_its_black_box_and_fits_centroids_on_training_embeddings(fit
     root, summary = fitted
     run = root / "run"
     blackbox_summary = json.loads((run / "blackbox" / wd.SUMMARY).read_text())
-    events = [r for r in wd.read_metrics(run) if r.get("event") == "training the black box"]
+    records = [json.loads(line) for line in (run / wd.METRICS).read_text().splitlines()]
+    events = [r for r in records if r.get("event") == "training the black box"]
     assert events and events[0]["workdir"] == str(run / "blackbox")
 
     method, variables, config = protojax.load_workdir(run)
@@ -135,31 +134,31 @@ def test_protopnet_source_needs_a_1x1_latent_or_avg_pool(tmp_path, digits):
     with pytest.raises(UsageError, match="model.pool=avg"):
         build_method(_config(**{"model.source_workdir": where}), digits)
     method = build_method(_config(**{"model.source_workdir": where, "model.pool": "avg"}), digits)
-    images = jnp.asarray(digits.split("test").get_batch(np.arange(2))["image"])
-    variables = method.init(jax.random.key(0), {"image": images})
-    latent = method.source.targets(variables)["latent"](images)
-    np.testing.assert_allclose(method.embed(variables, images), latent.mean((1, 2)), rtol=1e-5)
+    batch = {"image": jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)}
+    variables = jax.eval_shape(method.init, jax.random.key(0), batch)
+    embedding = jax.eval_shape(method.embed, variables, batch["image"])
+    assert embedding.shape == (2, source.model.prototype_dim)
+    set_value(source, "data.normalization", "symmetric")
+    where = _source(tmp_path / "symmetric", source, digits)
     with pytest.raises(UsageError, match="data.normalization=symmetric"):
-        set_value(source, "data.normalization", "symmetric")
-        build_method(
-            _config(**{"model.source_workdir": _source(tmp_path / "sym", source, digits)}),
-            digits,
-        )
+        build_method(_config(**{"model.source_workdir": where}), digits)
 
 
-def test_protovae_source_embeds_by_mu_and_reports_its_prototypes(tmp_path, digits):
+def test_protovae_source_embeds_by_mu_and_reports_its_active_prototypes(tmp_path):
     source = load_config("protovae_digits")
-    where = _source(tmp_path / "vae", source, load_digits(image_size=28))
+    digits28 = load_digits(image_size=28)
     config = load_config("kmex_protovae_digits")
-    set_value(config, "model.source_workdir", where)
-    method = build_method(config, load_digits(image_size=28))
-    raw = load_digits(image_size=28).split("test").get_batch(np.arange(2))["image"]
-    images = jnp.asarray(normalize(raw, "symmetric"))
-    variables = method.init(jax.random.key(0), {"image": images})
-    collections = layer.model_collections(method.source_variables(variables))
-    mu = method.source.net.apply(collections, images, method=ProtoVAENet.encode)[0]
-    assert mu.shape == (2, source.model.latent_dim)
-    np.testing.assert_allclose(method.embed(variables, images), mu, rtol=1e-5)
-    prototypes, squared = method.source_prototypes(variables)
-    np.testing.assert_array_equal(prototypes, variables["params"]["prototypes"])
+    set_value(config, "model.source_workdir", _source(tmp_path / "vae", source, digits28))
+    method = build_method(config, digits28)
+    batch = {"image": jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32)}
+    variables = jax.eval_shape(method.init, jax.random.key(0), batch)
+    # μ [B, d], not the similarities [B, P] nor the logits [B, K].
+    assert jax.eval_shape(method.embed, variables, batch["image"]).shape == (2, 32)
+    prototypes = np.arange(50 * 32, dtype=np.float32).reshape(50, 32)
+    active = np.ones(50, bool)
+    active[7] = False
+    own, squared = method.source_prototypes(
+        {"params": {"prototypes": prototypes}, "prototype_state": {"active": active}}
+    )
+    np.testing.assert_array_equal(own, np.delete(prototypes, 7, axis=0))
     assert not squared
