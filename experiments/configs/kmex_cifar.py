@@ -1,13 +1,13 @@
-"""KMEx on CIFAR-10 (tfds:cifar10, 32 px) with the official black box: a torchvision ResNet-34,
-ImageNet-pretrained, its pooled 512-d embedding and a linear head, fine-tuned as the official
-code does (SrishtiGautam/KMEx `main.py`, `utils/builders.py`, `utils/common.py::train`), then
-5 centroids per class.
+"""KMEx on CIFAR-10 (tfds:cifar10, 32 px) on the official black box, an ImageNet ResNet-34.
 
 Command: python -m experiments.train --config=kmex_cifar --workdir=workdirs/kmex_cifar
-Runtime: not measured (no GPU here); 30 black-box epochs of 390 steps at batch 128, then one
-embedding pass over the 50,000 training images and the k-means.
-Expected: not established here; the paper reports KMEx within a fraction of a point of its
-black box.
+Runtime: not measured (no GPU here); 30 black-box epochs of 390 steps at batch 128.
+Expected: test_accuracy close to blackbox_test_accuracy (the paper's claim; not run here).
+
+The black box is a torchvision ResNet-34, ImageNet-pretrained, its pooled 512-d embedding and
+a linear head, fine-tuned as the official code does (SrishtiGautam/KMEx `main.py`,
+`utils/builders.py`, `utils/common.py::train`); then one embedding pass over the 50,000
+training images and 5 centroids per class.
 
 Official settings kept: the whole training split (no validation split), batch 128 with the
 last partial batch dropped, a horizontal flip and a 2-pixel padded crop, SGD with lr 0.01 and

@@ -1,10 +1,12 @@
-"""KMEx on the generated shapes set (64 px, 6 classes): the black box of blackbox_shapes,
-trained first into WORKDIR/blackbox, then 5 centroids per class on its pooled embeddings.
+"""KMEx on the generated shapes set (64 px, 6 classes), on the black box of blackbox_shapes.
 
 Command: python -m experiments.train --config=kmex_shapes --workdir=workdirs/kmex_shapes
-Runtime: that of blackbox_shapes (about 15–20 minutes on 2 idle CPU cores) plus a minute; with
---config.model.source_workdir=workdirs/blackbox_shapes, only the minute.
+Runtime: that of blackbox_shapes (about 15–20 minutes on 2 idle CPU cores) plus a minute.
 Expected: MEASURED
+
+Without model.source_workdir the black box (blackbox_shapes' settings) trains first into
+WORKDIR/blackbox, then 5 centroids per class are fitted on its pooled training embeddings.
+With --config.model.source_workdir=workdirs/blackbox_shapes only the fit runs (a minute).
 """
 
 from experiments.configs.blackbox_shapes import get_config as blackbox_shapes
