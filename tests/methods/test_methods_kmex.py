@@ -162,3 +162,16 @@ def test_protovae_source_embeds_by_mu_and_reports_its_active_prototypes(tmp_path
     )
     np.testing.assert_array_equal(own, np.delete(prototypes, 7, axis=0))
     assert not squared
+
+
+def test_kmex_cifar_clusters_the_pooled_512d_resnet34_embedding():
+    from protojax.data.base import Dataset
+
+    cifar = Dataset("cifar10", 10, tuple(str(i) for i in range(10)), (32, 32, 3), {})
+    method = build_method(load_config("kmex_cifar"), cifar)
+    assert method.source_name == "blackbox" and method.source_config.model.backbone == "resnet34"
+    assert method.source_config.optim.momentum == 0.5
+    batch = {"image": jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)}
+    variables = jax.eval_shape(method.init, jax.random.key(0), batch)
+    assert variables["kmex"]["centroids"].shape == (50, 512)
+    assert jax.eval_shape(method.predict, variables, batch["image"]).shape == (2, 10)
