@@ -1,7 +1,9 @@
 """Runs as a user meets them: train from a config, and load a work directory back.
 
 This module sits above `methods/` and `train/`: it builds the method that `config.method`
-names (a built-in name or a dotted module path) and hands it to the engine.
+names (a built-in name or a dotted module path) and hands it to the engine. `default_config`,
+`read_config` and `read_dataset` live in `protojax.methods` (a method that builds on another
+run, such as KMEx, reads that run's config there) and are re-exported here.
 
 A loaded run takes images as `Dataset.split(...).get_batch` returns them, in [0, 1]: its
 `predict`, `embed` and `targets` apply the run's `config.data.normalization` themselves.
@@ -20,9 +22,7 @@ from jax.sharding import Mesh
 from protojax import config as config_lib
 from protojax.config import ConfigDict
 from protojax.data import pipeline
-from protojax.data.base import Dataset
-from protojax.errors import WorkdirError
-from protojax.methods import build_method, method_module
+from protojax.methods import build_method, default_config, read_config, read_dataset
 from protojax.train import loop
 from protojax.train import workdir as wd
 
@@ -129,62 +129,12 @@ def write_run_report(workdir: str | pathlib.Path) -> pathlib.Path:
     return write_report(workdir, title=title, config=config_lib.to_dict(config), summary=summary)
 
 
-def read_config(workdir: pathlib.Path) -> ConfigDict:
-    """The run's config.json, with keys the library gained since at their defaults."""
-    path = workdir / wd.CONFIG
-    if not path.is_file():
-        raise WorkdirError(f"{workdir} has no {wd.CONFIG}; pass the --workdir of a training run.")
-    try:
-        stored = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise WorkdirError(
-            f"{path} is not valid JSON ({error.msg}); restore it from a copy or retrain into a "
-            "new --workdir."
-        ) from None
-    return config_lib.from_dict(_with_library_defaults(stored))
-
-
-def read_dataset(workdir: pathlib.Path) -> Dataset:
-    """The dataset description (classes, image shape) the run was trained on."""
-    if not (workdir / wd.DATASET).is_file():
-        raise WorkdirError(
-            f"{workdir} has no {wd.DATASET}: its run never loaded its data; rerun the training "
-            "command on this workdir to start it."
-        )
-    return wd.read_dataset_info(workdir)
-
-
-def default_config(method: str) -> ConfigDict:
-    """A complete config for `method` (a built-in name or a dotted module path) at the
-    library's defaults: the engine's `train`, the data layer's `data` (the digits), and the
-    method's `model` and `optim` sections. Configs start from it and change what they need."""
-    from protojax.data import default_config as data_config
-
-    module = method_module(method)
-    return ConfigDict(
-        {
-            "method": method,
-            "seed": 0,
-            "data": data_config(),
-            "model": module.default_model_config(),
-            "optim": module.default_optim_config(),
-            "train": loop.default_config(),
-        }
-    )
-
-
-def _with_library_defaults(stored: dict[str, Any]) -> dict[str, Any]:
-    """A stored config with the keys the library gained since the run was written (such as
-    `data.download`) at their defaults; stored values always win."""
-    defaults = config_lib.to_dict(default_config(stored.get("method", "")))
-
-    def merge(default: dict, value: dict) -> dict:
-        out = dict(value)
-        for key, fallback in default.items():
-            if key not in out:
-                out[key] = fallback
-            elif isinstance(fallback, dict) and isinstance(out[key], dict):
-                out[key] = merge(fallback, out[key])
-        return out
-
-    return merge(defaults, stored)
+__all__ = [
+    "LoadedMethod",
+    "default_config",
+    "load_workdir",
+    "read_config",
+    "read_dataset",
+    "train",
+    "write_run_report",
+]

@@ -16,16 +16,19 @@ The recipe, per image or over a dataset:
    sample of pixels from many images and applied to new ones (`fit_concepts` and
    `apply_concepts`: the same concept has the same label everywhere).
 
-`superpixelify` then averages a saliency map within each segment (NAS).
+`superpixelify` then averages a saliency map within each segment (NAS); `best_segment_iou`
+scores a segmentation against object masks; `concept_figure` draws concept maps, one column
+per k.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from protojax.prototypes.kmeans import kmeans, kmeans_predict
 
@@ -221,12 +224,66 @@ def superpixelify(saliency: jax.Array, labels: jax.Array) -> jax.Array:
     return jax.vmap(per_image)(flat, flat_labels).reshape(saliency.shape)
 
 
+def best_segment_iou(labels: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """For each image, the IoU of its best-matching segment with its object mask.
+
+    Args:
+      labels: `[B, H, W]` int segment labels.
+      masks: `[B, H, W]` bool object masks.
+
+    Returns:
+      `[B]` float64, max over the image's segments s of |s ∩ mask| / |s ∪ mask|.
+    """
+    labels, masks = np.asarray(labels), np.asarray(masks, bool)
+    out = np.zeros(labels.shape[0])
+    for i, (segments, mask) in enumerate(zip(labels, masks, strict=True)):
+        ids = np.unique(segments)
+        inside = np.array([np.sum((segments == s) & mask) for s in ids])
+        sizes = np.array([np.sum(segments == s) for s in ids])
+        out[i] = np.max(inside / (sizes + mask.sum() - inside))
+    return out
+
+
+def concept_overlay(image: np.ndarray, labels: np.ndarray, *, alpha: float = 0.55) -> np.ndarray:
+    """An image `[H, W, C]` in [0, 1] blended with one colour per segment of `labels [H, W]`
+    (matplotlib's tab10/tab20 colours); `[H, W, 3]`."""
+    from protojax.explain.figures import pyplot
+    from protojax.imaging import to_rgb
+
+    palette = np.asarray(pyplot().get_cmap("tab20").colors)[::2]  # the 10 strong colours
+    palette = np.concatenate([palette, np.asarray(pyplot().get_cmap("tab20").colors)[1::2]])
+    colours = palette[np.asarray(labels) % len(palette)]
+    return (1 - alpha) * to_rgb(image) + alpha * colours
+
+
+def concept_figure(images: np.ndarray, labels: Mapping[int, np.ndarray], *, titles: Sequence[str]):
+    """One row per image: the image, then its concept map overlaid for each k, one column per
+    k (`labels[k]` is `[B, H, W]`)."""
+    from protojax.explain.figures import pyplot, show
+
+    plt = pyplot()
+    ks = sorted(labels)
+    b = images.shape[0]
+    fig, axes = plt.subplots(b, len(ks) + 1, figsize=(1.8 * (len(ks) + 1), 1.8 * b + 0.3))
+    axes = np.asarray(axes).reshape(b, len(ks) + 1)
+    for row in range(b):
+        show(axes[row, 0], images[row], titles[row])
+        for col, k in enumerate(ks, start=1):
+            overlay = concept_overlay(images[row], np.asarray(labels[k][row]))
+            show(axes[row, col], overlay, f"k = {k}" if row == 0 else "")
+    fig.tight_layout()
+    return fig
+
+
 __all__ = [
     "ConceptMaps",
     "Concepts",
     "apply_concepts",
+    "best_segment_iou",
     "concept_features",
+    "concept_figure",
     "concept_maps",
+    "concept_overlay",
     "fit_concepts",
     "superpixelify",
 ]

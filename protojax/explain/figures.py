@@ -128,6 +128,53 @@ def class_gallery(
     return fig
 
 
+def centroid_gallery(
+    images: np.ndarray,
+    importance: np.ndarray,
+    *,
+    class_names: Sequence[str],
+    title: str,
+    max_classes: int = 20,
+):
+    """Centroid prototypes (KMEx), one row per class: each centroid's image (its nearest
+    training image of the class) titled with its importance, the training images it
+    represents.
+
+    Args:
+      images: `[K, M, H, W, C]` in [0, 1].
+      importance: `[K, M]`.
+      class_names: K names.
+      max_classes: rows shown at most (the first classes).
+    """
+    plt = pyplot()
+    k, m = images.shape[:2]
+    rows = min(k, max_classes)
+    fig, axes = plt.subplots(rows, m, figsize=(1.5 * m + 1.2, 1.55 * rows + 0.6), squeeze=False)
+    fig.suptitle(title, fontsize=9)
+    for r in range(rows):
+        for col in range(m):
+            show(axes[r, col], to_rgb(images[r, col]), f"n={int(importance[r, col])}")
+        axes[r, 0].set_ylabel(str(class_names[r]), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def nearest_prototypes(
+    image: np.ndarray, prototype_images: Sequence[np.ndarray], texts: Sequence[str], *, title: str
+):
+    """An image beside the images of its nearest prototypes, each with its text below."""
+    plt = pyplot()
+    n = len(prototype_images)
+    fig, axes = plt.subplots(1, n + 1, figsize=(1.9 * (n + 1), 2.9), squeeze=False)
+    fig.suptitle(title, fontsize=9)
+    show(axes[0, 0], to_rgb(image), "this image")
+    for col, (source, text) in enumerate(zip(prototype_images, texts, strict=True), start=1):
+        show(axes[0, col], to_rgb(source))
+        axes[0, col].set_xlabel(text, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def decoded_prototypes(
     decoded: np.ndarray,
     active: np.ndarray,

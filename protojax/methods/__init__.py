@@ -8,14 +8,19 @@ examples/custom_method.py for a complete one.
 from __future__ import annotations
 
 import importlib
-from typing import Protocol, runtime_checkable
+import json
+import pathlib
+from typing import Any, Protocol, runtime_checkable
 
+from protojax import config as config_lib
 from protojax.config import ConfigDict
 from protojax.data.base import Dataset
-from protojax.errors import UsageError
+from protojax.errors import UsageError, WorkdirError
+from protojax.train import loop
+from protojax.train import workdir as wd
 from protojax.train.protocol import Method
 
-BUILTIN = ("blackbox", "protopnet", "protovae", "pantypes", "flint", "infodisent")
+BUILTIN = ("blackbox", "protopnet", "protovae", "pantypes", "flint", "kmex", "infodisent")
 
 
 @runtime_checkable
@@ -61,9 +66,80 @@ def method_module(name: str) -> MethodModule:
     return module
 
 
+def read_config(workdir: str | pathlib.Path) -> ConfigDict:
+    """The run's config.json, with keys the library gained since at their defaults."""
+    workdir = pathlib.Path(workdir)
+    path = workdir / wd.CONFIG
+    if not path.is_file():
+        raise WorkdirError(f"{workdir} has no {wd.CONFIG}; pass the --workdir of a training run.")
+    try:
+        stored = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise WorkdirError(
+            f"{path} is not valid JSON ({error.msg}); restore it from a copy or retrain into a "
+            "new --workdir."
+        ) from None
+    return config_lib.from_dict(_with_library_defaults(stored))
+
+
+def read_dataset(workdir: str | pathlib.Path) -> Dataset:
+    """The dataset description (classes, image shape) the run was trained on."""
+    workdir = pathlib.Path(workdir)
+    if not (workdir / wd.DATASET).is_file():
+        raise WorkdirError(
+            f"{workdir} has no {wd.DATASET}: its run never loaded its data; rerun the training "
+            "command on this workdir to start it."
+        )
+    return wd.read_dataset_info(workdir)
+
+
+def default_config(method: str) -> ConfigDict:
+    """A complete config for `method` (a built-in name or a dotted module path) at the
+    library's defaults: the engine's `train`, the data layer's `data` (the digits), and the
+    method's `model` and `optim` sections. Configs start from it and change what they need."""
+    from protojax.data import default_config as data_config
+
+    module = method_module(method)
+    return ConfigDict(
+        {
+            "method": method,
+            "seed": 0,
+            "data": data_config(),
+            "model": module.default_model_config(),
+            "optim": module.default_optim_config(),
+            "train": loop.default_config(),
+        }
+    )
+
+
+def _with_library_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with the keys the library gained since the run was written (such as
+    `data.download`) at their defaults; stored values always win."""
+    defaults = config_lib.to_dict(default_config(stored.get("method", "")))
+
+    def merge(default: dict, value: dict) -> dict:
+        out = dict(value)
+        for key, fallback in default.items():
+            if key not in out:
+                out[key] = fallback
+            elif isinstance(fallback, dict) and isinstance(out[key], dict):
+                out[key] = merge(fallback, out[key])
+        return out
+
+    return merge(defaults, stored)
+
+
 def build_method(config: ConfigDict, dataset: Dataset) -> Method:
     """The method named by `config.method`, built for `dataset`'s classes and image shape."""
     return method_module(config.method).build(config, dataset)
 
 
-__all__ = ["BUILTIN", "MethodModule", "build_method", "method_module"]
+__all__ = [
+    "BUILTIN",
+    "MethodModule",
+    "build_method",
+    "default_config",
+    "method_module",
+    "read_config",
+    "read_dataset",
+]

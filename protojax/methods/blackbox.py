@@ -62,8 +62,12 @@ def default_optim_config() -> ConfigDict:
             "kind": "adam",
             "lr": 1e-3,
             "weight_decay": 0.0,
+            # SGD's momentum (unused by adam).
+            "momentum": 0.9,
             # constant | cosine | step (step_size, gamma in epochs)
             "schedule": "cosine",
+            # Where the cosine schedule ends, as a fraction of lr.
+            "final_lr_fraction": 0.0,
             "step_size": 30,
             "gamma": 0.1,
         }
@@ -76,7 +80,7 @@ def schedule_from_config(optim_config: ConfigDict, epochs: int):
     if name == "constant":
         return optim.constant()
     if name == "cosine":
-        return optim.cosine(epochs)
+        return optim.cosine(epochs, final=optim_config.final_lr_fraction)
     if name == "step":
         return optim.step_decay(optim_config.step_size, optim_config.gamma)
     raise UsageError(f"Unknown optim.schedule '{name}'; use constant, cosine or step.")
@@ -157,6 +161,7 @@ class BlackBox(Method):
             o.kind,
             o.lr,
             weight_decay=o.weight_decay,
+            momentum=o.momentum,
             schedule=schedule_from_config(o, epochs),
             per_step=o.schedule == "cosine",
         )

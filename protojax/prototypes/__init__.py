@@ -1,7 +1,8 @@
 """Shared prototype kernels: distances and similarities, the prototype layer, projection
 (push), the part-prototype costs, k-means, diversity terms and measures, channels.
 
-Submodules: `distances`, `layer`, `projection`, `costs`, `kmeans`, `diversity`, `channels`.
+Submodules: `distances`, `layer`, `projection`, `costs`, `kmeans`, `centroids` (KMEx's class
+centroids), `diversity`, `channels`.
 The distance, diversity and channel functions are also importable from the package itself.
 k-means is not: the function `kmeans` shares its module's name, so `protojax.prototypes.kmeans`
 is always the module, and the function is imported from it:
@@ -12,7 +13,16 @@ is always the module, and the function is imported from it:
     result = kmeans.kmeans(x, k, rng)
 """
 
-from protojax.prototypes import channels, costs, distances, diversity, kmeans, layer, projection
+from protojax.prototypes import (
+    centroids,
+    channels,
+    costs,
+    distances,
+    diversity,
+    kmeans,
+    layer,
+    projection,
+)
 from protojax.prototypes.channels import MxPoolResult, mx_pool, orthogonal_unmixing
 from protojax.prototypes.distances import (
     l2_distances,
@@ -35,6 +45,7 @@ from protojax.prototypes.diversity import (
 __all__ = [
     "MxPoolResult",
     "PrototypeUsage",
+    "centroids",
     "channels",
     "costs",
     "coverage",

@@ -6,6 +6,7 @@ import numpy as np
 
 from protojax.explain.concepts import (
     apply_concepts,
+    best_segment_iou,
     concept_features,
     concept_maps,
     fit_concepts,
@@ -78,3 +79,13 @@ def test_superpixelify_is_the_mean_within_each_segment():
             expected[b][inside] = saliency[b][inside].mean()
     got = superpixelify(jnp.asarray(saliency), jnp.asarray(labels))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_best_segment_iou_picks_the_segment_that_best_covers_the_mask():
+    labels = np.zeros((2, 4, 4), np.int32)
+    labels[0, :2] = 1  # segment 1: the top half
+    labels[1, :, :1] = 2  # segment 2: the first column
+    masks = np.zeros((2, 4, 4), bool)
+    masks[0, :2, :3] = True  # 6 pixels inside the 8 of segment 1: IoU 6 / 8
+    masks[1, :, :2] = True  # 4 of segment 2's 4 pixels, union 8: IoU 0.5; segment 0: 4 / 16
+    np.testing.assert_allclose(best_segment_iou(labels, masks), [0.75, 0.5])
