@@ -180,19 +180,25 @@ def explanation_maps(
         "occlusion": explain.occlusion(
             probability, images, patch=4, stride=2, fill=0.5, targets=classes
         ),
-        "rise": explain.rise(
-            probability,
-            images,
-            explain.rise_masks(keys[1], 500, size, grid=8),
-            batch_size=100,
-            targets=classes,
+        # RISE and RELAX are mask-weighted means of a score: positive everywhere, with an
+        # offset (the mean score) that says nothing of the pixel; above-mean importance counts.
+        "rise": _above_mean(
+            explain.rise(
+                probability,
+                images,
+                explain.rise_masks(keys[1], 500, size, grid=8),
+                batch_size=100,
+                targets=classes,
+            )
         ),
-        "relax": explain.relax(
-            _bound(method.embed, variables),
-            images,
-            explain.relax_masks(keys[2], 500, size, grid=8),
-            batch_size=100,
-        ).importance,
+        "relax": _above_mean(
+            explain.relax(
+                _bound(method.embed, variables),
+                images,
+                explain.relax_masks(keys[2], 500, size, grid=8),
+                batch_size=100,
+            ).importance
+        ),
     }
     if "features" in targets:
         maps["gradcam"] = explain.gradcam(
@@ -208,6 +214,11 @@ def explanation_maps(
     if model == "protovae":
         maps.update(_protovae_maps(method, variables, config, images, classes))
     return {name: np.asarray(value, np.float32) for name, value in maps.items()}
+
+
+def _above_mean(maps: jax.Array) -> jax.Array:
+    """Maps `[B, H, W]` minus each one's mean."""
+    return maps - jnp.mean(maps, axis=(1, 2), keepdims=True)
 
 
 def _protopnet_maps(method, variables, config, images, classes) -> dict[str, jax.Array]:
