@@ -267,7 +267,6 @@ def evaluate_model(
     `workdir`, on `dataset`'s `test` and `test_marked` splits (the first `num_images` marked
     images explained)."""
     import protojax
-    from protojax.metrics import relevance_mass_accuracy
 
     method, variables, config = protojax.load_workdir(workdir)
     batch_size = config.data.eval_batch_size
@@ -280,14 +279,23 @@ def evaluate_model(
     marked = dataset.split("test_marked").get_batch(np.arange(num_images))
     classes = predicted_classes(method, variables, marked["image"], batch_size=batch_size)
     maps = explanation_maps(model, method, variables, config, marked["image"], classes, rng=rng)
-    result["fractions"] = {
+    result["fractions"] = relevance_shares(maps, marked)
+    return result, maps, classes
+
+
+def relevance_shares(maps: dict[str, np.ndarray], batch: dict) -> dict[str, dict[str, float]]:
+    """`{explainer: {"marker": share, "object": share}}`: the mean over images of the share of
+    each map's positive relevance inside the batch's `marker_mask` and `mask`
+    (`protojax.metrics.relevance_mass_accuracy`)."""
+    from protojax.metrics import relevance_mass_accuracy
+
+    return {
         name: {
-            "marker": float(relevance_mass_accuracy(value, marked["marker_mask"]).aggregate),
-            "object": float(relevance_mass_accuracy(value, marked["mask"]).aggregate),
+            "marker": float(relevance_mass_accuracy(value, batch["marker_mask"]).aggregate),
+            "object": float(relevance_mass_accuracy(value, batch["mask"]).aggregate),
         }
         for name, value in maps.items()
     }
-    return result, maps, classes
 
 
 def area_shares(dataset, num_images: int) -> dict[str, float]:
