@@ -205,7 +205,7 @@ def explanation_maps(
             targets["features"], targets["head"], images, targets=classes
         )
     if model == "blackbox":
-        composite = explain.composite_by_name("epsilon_plus_box", low=0.0, high=1.0)
+        composite = explain.composite_by_name("epsilon_plus_box", **_input_bounds(config))
         maps["lrp"] = explain.reduce_channels(
             explain.lrp(logit, images, targets=classes, composite=composite), "sum"
         )
@@ -216,6 +216,18 @@ def explanation_maps(
     return {name: np.asarray(value, np.float32) for name, value in maps.items()}
 
 
+def _input_bounds(config) -> dict[str, tuple[float, ...]]:
+    """The per-channel range of the model's inputs (pixels in [0, 1], normalised as the run
+    was): the bounds of LRP's z^β rule at the first layer."""
+    from protojax.data.pipeline import normalize
+
+    mode = config.data.normalization
+    return {
+        "low": tuple(float(v) for v in normalize(np.zeros(3, np.float32), mode)),
+        "high": tuple(float(v) for v in normalize(np.ones(3, np.float32), mode)),
+    }
+
+
 def _above_mean(maps: jax.Array) -> jax.Array:
     """Maps `[B, H, W]` minus each one's mean."""
     return maps - jnp.mean(maps, axis=(1, 2), keepdims=True)
@@ -224,6 +236,7 @@ def _above_mean(maps: jax.Array) -> jax.Array:
 def _protopnet_maps(method, variables, config, images, classes) -> dict[str, jax.Array]:
     """ProtoPNet's own map: the upsampled similarity map of the prototype adding most to the
     explained logit, minus its minimum (as its figures are min-max normalised)."""
+    from protojax import explain
     from protojax.data.pipeline import normalize
     from protojax.explain.prototypes import top_contributions, upsample_activation
 
@@ -231,12 +244,31 @@ def _protopnet_maps(method, variables, config, images, classes) -> dict[str, jax
     kernel = np.asarray(variables["params"]["last_layer"]["kernel"])  # [P, K]
     active = np.asarray(variables["prototype_state"]["active"])
     sims, maps = np.asarray(result.similarities), np.asarray(result.similarity_maps)
-    own = []
+    own, tops = [], []
     for row, k in enumerate(np.asarray(classes)):
         top = int(top_contributions(sims[row], kernel[:, k], active, k=1).prototypes[0])
         upsampled = upsample_activation(maps[row, :, :, top], images.shape[1:3])
         own.append(upsampled - jnp.min(upsampled))
-    return {"own": jnp.stack(own)}
+        tops.append(top)
+    # PRP of the same prototype, from the add-on's last conv (before its sigmoid), with the
+    # official rules; the first rule's bounds are the model's input range.
+    latent = _bound(functools.partial(_pre_sigmoid_latent, method), variables)
+    relevance = explain.protopnet_relevance(variables["params"]["prototypes"], sigmoid=True)
+    inputs = normalize(images, config.data.normalization)
+    composite = explain.composite_by_name("prp", **_input_bounds(config))
+    prp = explain.prp(latent, relevance, inputs, targets=jnp.asarray(tops), composite=composite)
+    return {"own": jnp.stack(own), "prp": explain.reduce_channels(prp, "sum")}
+
+
+def _pre_sigmoid_latent(method, variables, images):
+    """ProtoPNet's add-on output before its final sigmoid, `[B, h, w, D]`, for PRP."""
+    from protojax.prototypes import layer
+
+    return method.net.apply(
+        layer.model_collections(variables),
+        images,
+        method=lambda net, x: net.add_on(net.backbone(x), pre_sigmoid=True),
+    )
 
 
 def _protovae_maps(method, variables, config, images, classes) -> dict[str, jax.Array]:
@@ -251,12 +283,13 @@ def _protovae_maps(method, variables, config, images, classes) -> dict[str, jax.
     ids = jnp.asarray(ids[np.asarray(classes)])  # [B, M], the explained class's prototypes
     distances = jnp.linalg.norm(mu[:, None, :] - prototypes[ids], axis=-1)
     nearest = jnp.take_along_axis(ids, jnp.argmin(distances, axis=1)[:, None], 1)[:, 0]
-    # PRP starts at the first layer's input, the normalised image (in [-1, 1], which the `prp`
-    # composite's first rule assumes), whose relevance stays on its pixel.
+    # PRP starts at the first layer's input, the normalised image, whose relevance stays on
+    # its pixel.
     embed = _bound(getattr(method, "trained", method).embed, variables)
     relevance = explain.protovae_relevance(prototypes)
     inputs = normalize(images, config.data.normalization)
-    prp = explain.prp(embed, relevance, inputs, targets=nearest)
+    composite = explain.composite_by_name("prp", **_input_bounds(config))
+    prp = explain.prp(embed, relevance, inputs, targets=nearest, composite=composite)
     return {"own": explain.reduce_channels(prp, "sum")}
 
 

@@ -42,7 +42,9 @@ class AddOnLayers(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, pre_sigmoid: bool = False) -> jax.Array:
+        """`pre_sigmoid`: the last conv's output, before the sigmoid (where PRP's relevance
+        starts: `protojax.explain.protopnet_relevance(..., sigmoid=True)`)."""
         index = 0
         for block, width in enumerate(self.widths):
             for position in range(2):
@@ -51,5 +53,7 @@ class AddOnLayers(nn.Module):
                 )(x)
                 index += 1
                 last = block == len(self.widths) - 1 and position == 1
+                if last and pre_sigmoid:
+                    return x.astype(jnp.float32)
                 x = nn.sigmoid(x) if last else nn.relu(x)
         return x.astype(jnp.float32)

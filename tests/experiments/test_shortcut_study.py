@@ -86,7 +86,13 @@ def test_explanations_of_a_marker_reader_land_on_the_marker():
     classes = study.predicted_classes(model, model.variables, batch["image"], batch_size=4)
     np.testing.assert_array_equal(classes, batch["label"])  # the marker gives the class
     maps = study.explanation_maps(
-        "blackbox", model, model.variables, None, batch["image"], classes, rng=jax.random.key(0)
+        "blackbox",
+        model,
+        model.variables,
+        study.study_config("blackbox", "shortcut", pathlib.Path("/x")),
+        batch["image"],
+        classes,
+        rng=jax.random.key(0),
     )
     assert set(maps) == set(study.EXPLAINERS) - {"gradcam", "prp", "own"}
     shares = study.relevance_shares(maps, batch)
