@@ -217,16 +217,17 @@ def explanation_maps(
     return {name: np.asarray(value, np.float32) for name, value in maps.items()}
 
 
-def _input_bounds(config) -> dict[str, tuple[float, ...]]:
-    """The per-channel range of the model's inputs (pixels in [0, 1], normalised as the run
-    was): the bounds of LRP's z^β rule at the first layer."""
+def _input_bounds(config) -> dict[str, float | tuple[float, ...]]:
+    """The range of the model's inputs (pixels in [0, 1], normalised as the run was): the
+    bounds of LRP's z^β rule at the first layer; per channel where the channels differ."""
     from protojax.data.pipeline import normalize
 
     mode = config.data.normalization
-    return {
-        "low": tuple(float(v) for v in normalize(np.zeros(3, np.float32), mode)),
-        "high": tuple(float(v) for v in normalize(np.ones(3, np.float32), mode)),
-    }
+    bounds = {}
+    for name, value in (("low", 0.0), ("high", 1.0)):
+        channels = tuple(float(v) for v in normalize(np.full(3, value, np.float32), mode))
+        bounds[name] = channels[0] if len(set(channels)) == 1 else channels
+    return bounds
 
 
 def _above_mean(maps: jax.Array) -> jax.Array:
