@@ -50,20 +50,26 @@ from experiments import cli
 from protojax.errors import UsageError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Work directory of a training run.")
-flags.DEFINE_string("workdirs", "", "Comma-separated work directories (several runs).")
-flags.DEFINE_string("out", "", "Output folder of the several-run table.")
-flags.DEFINE_string("blackbox_workdir", "", "A black-box run on the same data, for the gap.")
-flags.DEFINE_string(
-    "explainers",
-    "",
-    "Comma-separated explainers (default: saliency, integrated_gradients, gradcam, occlusion, "
-    "rise, lrp, and prp where the method exports it).",
-)
-flags.DEFINE_integer("num_images", 32, "Images of the split the explanation metrics use.")
-flags.DEFINE_string("split", "test", "Split evaluated.")
-flags.DEFINE_integer("seed", 0, "Seed of the explainers' and metrics' random draws.")
-flags.DEFINE_integer("batch_size", 256, "Images (or perturbed images) evaluated at once.")
+
+
+def define_flags() -> None:
+    """Defined when run as a launcher only, so that importing this module beside another
+    launcher (tests do) defines no flag twice."""
+    flags.DEFINE_string("workdir", None, "Work directory of a training run.")
+    flags.DEFINE_string("workdirs", "", "Comma-separated work directories (several runs).")
+    flags.DEFINE_string("out", "", "Output folder of the several-run table.")
+    flags.DEFINE_string("blackbox_workdir", "", "A black-box run on the same data, for the gap.")
+    flags.DEFINE_string(
+        "explainers",
+        "",
+        "Comma-separated explainers (default: saliency, integrated_gradients, gradcam, occlusion, "
+        "rise, lrp, and prp where the method exports it).",
+    )
+    flags.DEFINE_integer("num_images", 32, "Images of the split the explanation metrics use.")
+    flags.DEFINE_string("split", "test", "Split evaluated.")
+    flags.DEFINE_integer("seed", 0, "Seed of the explainers' and metrics' random draws.")
+    flags.DEFINE_integer("batch_size", 256, "Images (or perturbed images) evaluated at once.")
+
 
 DEFAULT_EXPLAINERS = ("saliency", "integrated_gradients", "gradcam", "occlusion", "rise", "lrp")
 # Deterministic explainers callable under jit: max-sensitivity and randomisation use them.
@@ -1135,4 +1141,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run_launcher(main)

@@ -51,9 +51,15 @@ from protojax.config import ConfigDict
 from protojax.errors import UsageError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Folder of the study: its six runs and its report.")
-flags.DEFINE_integer("num_images", 16, "Marked test images explained per model.")
-flags.DEFINE_bool("smoke", False, "Tiny data and one epoch per stage: checks the pipeline.")
+
+
+def define_flags() -> None:
+    """Defined when run as a launcher only, so that tests importing this module's pieces
+    beside another launcher's do not define `--workdir` twice."""
+    flags.DEFINE_string("workdir", None, "Folder of the study: its six runs and its report.")
+    flags.DEFINE_integer("num_images", 16, "Marked test images explained per model.")
+    flags.DEFINE_bool("smoke", False, "Tiny data and one epoch per stage: checks the pipeline.")
+
 
 log = logging.getLogger(__name__)
 
@@ -480,4 +486,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run_launcher(main)

@@ -75,12 +75,13 @@ def default_optim_config() -> ConfigDict:
 
 
 def schedule_from_config(optim_config: ConfigDict, epochs: int):
-    """The epoch schedule named by `optim.schedule`."""
+    """The epoch schedule named by `optim.schedule` (also read by methods whose optim section
+    has no `final_lr_fraction`: they decay to 0)."""
     name = optim_config.schedule
     if name == "constant":
         return optim.constant()
     if name == "cosine":
-        return optim.cosine(epochs, final=optim_config.final_lr_fraction)
+        return optim.cosine(epochs, final=optim_config.get("final_lr_fraction", 0.0))
     if name == "step":
         return optim.step_decay(optim_config.step_size, optim_config.gamma)
     raise UsageError(f"Unknown optim.schedule '{name}'; use constant, cosine or step.")
