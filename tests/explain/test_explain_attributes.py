@@ -5,6 +5,7 @@ activation maximisation with partial initialisation (`optimize_inp`, run in PyTo
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from protojax.explain import attributes as explain
 
@@ -80,6 +81,7 @@ def _official_optimize_inp(
 
 
 def test_maximize_attribute_matches_the_official_optimize_inp():
+    pytest.importorskip("torch", reason="the official optimize_inp reference runs in PyTorch")
     rng = np.random.default_rng(2)
     weight = rng.normal(size=(4, 64)).astype(np.float32) * 0.3  # J = 4 attributes of 8×8
     images = rng.uniform(0, 1, (2, 8, 8, 1)).astype(np.float32)
