@@ -49,6 +49,7 @@ from absl import flags
 from experiments import cli
 from protojax.config import ConfigDict
 from protojax.errors import UsageError
+from protojax.explain import runner
 
 FLAGS = flags.FLAGS
 
@@ -66,18 +67,7 @@ log = logging.getLogger(__name__)
 ARMS = ("shortcut", "control")
 MODELS = ("blackbox", "protopnet", "protovae")
 IMAGE_SIZE = 32
-EXPLAINERS = (
-    "saliency",
-    "smoothgrad",
-    "integrated_gradients",
-    "gradcam",
-    "occlusion",
-    "rise",
-    "relax",
-    "lrp",
-    "prp",
-    "own",
-)
+EXPLAINERS = (*runner.EXPLAINERS, "own")  # the post-hoc ones, then the method's own map
 
 
 def study_config(model: str, arm: str, root: pathlib.Path, *, smoke: bool = False) -> ConfigDict:
