@@ -34,7 +34,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -44,6 +43,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
+
+from benchmarks.machine import cpu_model  # noqa: E402
 
 DEFAULT = (
     "protovae",
@@ -557,14 +558,8 @@ def machine() -> dict:
     import jax
     import torch
 
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
     info = {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "nproc": len(os.sched_getaffinity(0)),
         "jax": jax.__version__,
         "jax_device": jax.devices()[0].device_kind,

@@ -148,19 +148,6 @@ def choose_explainers(flag: str, target: str, targets=None) -> list[str]:
     return names
 
 
-def input_bounds(method, channels: int) -> dict[str, float | tuple[float, ...]]:
-    """PRP's first-layer bounds: the model input's range for pixels in [0, 1], per channel."""
-    normalize = getattr(method, "normalize", None)
-    if normalize is None:
-        return {"low": 0.0, "high": 1.0}
-    bounds = {}
-    for name, value in (("low", 0.0), ("high", 1.0)):
-        pixel = np.asarray(normalize(np.full((1, 1, 1, channels), value, np.float32))).ravel()
-        same = np.allclose(pixel, pixel[0])
-        bounds[name] = float(pixel[0]) if same else tuple(float(v) for v in pixel)
-    return bounds
-
-
 def main(argv: list[str]) -> None:
     if any(cli.parse_flags(argv)):
         raise UsageError(
@@ -175,7 +162,7 @@ def main(argv: list[str]) -> None:
 
     import protojax
     from protojax.data import load_dataset
-    from protojax.explain import explain_all
+    from protojax.explain import explain_all, input_bounds
     from protojax.explain.figures import save
     from protojax.explain.grid import comparison_grid, explanation_figure
     from protojax.methods import method_module
@@ -203,7 +190,7 @@ def main(argv: list[str]) -> None:
     embed_fn = targets.get("embedding", jax.tree_util.Partial(method.embed, variables))
     options = {"gradcam": {"layer": FLAGS.gradcam_layer}} if FLAGS.gradcam_layer else {}
     if "prp" in explainers:
-        options["prp"] = input_bounds(method, images.shape[-1])
+        options["prp"] = input_bounds(getattr(method, "normalize", None), images.shape[-1])
     try:
         result = explain_all(
             score_fn, images, rng=jax.random.key(FLAGS.seed), targets=indices,
