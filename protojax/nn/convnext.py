@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from protojax.nn.layers import (
     TRUNC_NORMAL_002,
+    TypedModule,
     check_images,
     check_return_layers,
     conv2d,
@@ -43,17 +44,15 @@ CONVNEXT_ARCHS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 LAYER_NAMES = ("stem", "stage1", "stage2", "stage3", "stage4")
 
 
-class CNBlock(nn.Module):
+class CNBlock(TypedModule):
     """`[B, H, W, C]` → `[B, H, W, C]`: torchvision's CNBlock (see the module doc)."""
 
     layer_scale_init: float = 1e-6
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         channels = x.shape[-1]
-        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        kw = self.dtypes
         y = conv2d(
             channels,
             7,
@@ -76,7 +75,7 @@ class CNBlock(nn.Module):
         return x + scale.astype(self.dtype) * y
 
 
-class ConvNeXt(nn.Module):
+class ConvNeXt(TypedModule):
     """torchvision's ConvNeXt `features`: `[B, H, W, C]` → `[B, H/32, W/32, widths[-1]]`.
 
     Attributes:
@@ -88,8 +87,6 @@ class ConvNeXt(nn.Module):
 
     depths: Sequence[int]
     widths: Sequence[int]
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
     return_layers: Sequence[str] = ()
 
     @nn.compact
@@ -97,7 +94,7 @@ class ConvNeXt(nn.Module):
         del train  # no batch statistics; stochastic depth is not applied
         check_return_layers("ConvNeXt", self.return_layers, LAYER_NAMES)
         check_images("ConvNeXt", x)
-        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        kw = self.dtypes
         x = x.astype(self.dtype)
         x = conv2d(
             self.widths[0],

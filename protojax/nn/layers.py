@@ -7,6 +7,7 @@ so every conv here takes its padding explicitly. BatchNorm momentum 0.9 is torch
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -19,6 +20,18 @@ KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 KAIMING_FAN_IN = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 # Truncated normal of std 0.02 (ConvNeXt, ViT).
 TRUNC_NORMAL_002 = nn.initializers.truncated_normal(0.02)
+
+
+class TypedModule(nn.Module):
+    """A module that computes in `dtype` and keeps its parameters in `param_dtype`: two
+    keyword-only fields after the subclass's own, passed on to each layer as `**self.dtypes`."""
+
+    dtype: jnp.dtype = dataclasses.field(default=jnp.float32, kw_only=True)
+    param_dtype: jnp.dtype = dataclasses.field(default=jnp.float32, kw_only=True)
+
+    @property
+    def dtypes(self) -> dict[str, jnp.dtype]:
+        return {"dtype": self.dtype, "param_dtype": self.param_dtype}
 
 
 def conv2d(
