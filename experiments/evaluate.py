@@ -567,17 +567,11 @@ def evaluate_run(
 
 
 def choose_explainers(flag: str, targets) -> list[str]:
-    from protojax.explain import EXPLAINERS
-
+    """The explainers to run: the flag's, checked against the method's `targets`, or the
+    defaults (with PRP where the method exports a prp target)."""
     if not flag:
         return [*DEFAULT_EXPLAINERS, *(["prp"] if "prp" in targets else [])]
-    names = [n.strip() for n in flag.split(",") if n.strip()]
-    unknown = [n for n in names if n not in EXPLAINERS]
-    if unknown or not names:
-        raise UsageError(
-            f"Unknown explainer '{unknown[0] if unknown else ''}' in --explainers; use names "
-            f"among {', '.join(EXPLAINERS)}."
-        )
+    names = cli.explainer_names(flag)
     if "prp" in names and "prp" not in targets:
         raise UsageError("This method exports no prp target; drop prp from --explainers.")
     if "relax" in names and "embedding" not in targets:

@@ -133,13 +133,7 @@ def choose_explainers(flag: str, target: str, targets=None) -> list[str]:
         return ["relax"]
     if not flag:
         return [name for name in EXPLAINERS if name != "prp" or "prp" in (targets or ("prp",))]
-    names = [name.strip() for name in flag.split(",") if name.strip()]
-    unknown = [name for name in names if name not in EXPLAINERS]
-    if unknown or not names:
-        raise UsageError(
-            f"Unknown explainer '{unknown[0] if unknown else ''}' in --explainers; use names "
-            f"among {', '.join(EXPLAINERS)}."
-        )
+    names = cli.explainer_names(flag)
     if "prp" in names and targets is not None and "prp" not in targets:
         raise UsageError(
             "PRP explains prototypes, and this method exports no prp target; drop prp from "
