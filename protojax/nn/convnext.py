@@ -25,7 +25,6 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from protojax.nn.layers import (
     TRUNC_NORMAL_002,
@@ -128,17 +127,3 @@ class ConvNeXt(TypedModule):
         if self.return_layers:
             return x, {name: maps[name] for name in self.return_layers}
         return x
-
-
-def build_convnext(
-    name: str,
-    *,
-    dtype: jnp.dtype = jnp.float32,
-    param_dtype: jnp.dtype = jnp.float32,
-    return_layers: Sequence[str] = (),
-) -> ConvNeXt:
-    """Builds `convnext_tiny` or `convnext_small` (see `ConvNeXt`)."""
-    depths, widths = CONVNEXT_ARCHS[name]
-    return ConvNeXt(
-        depths, widths, dtype=dtype, param_dtype=param_dtype, return_layers=tuple(return_layers)
-    )

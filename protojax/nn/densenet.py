@@ -150,22 +150,3 @@ class DenseNet(TypedModule):
         if self.return_layers:
             return x, {name: maps[name] for name in self.return_layers}
         return x
-
-
-def build_densenet(
-    name: str,
-    *,
-    dtype: jnp.dtype = jnp.float32,
-    param_dtype: jnp.dtype = jnp.float32,
-    return_layers: Sequence[str] = (),
-) -> DenseNet:
-    """Builds `densenet121`, `densenet161`, `densenet169` or `densenet201` (see `DenseNet`)."""
-    growth, blocks, stem = DENSENET_ARCHS[name]
-    return DenseNet(
-        growth,
-        blocks,
-        stem,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        return_layers=tuple(return_layers),
-    )

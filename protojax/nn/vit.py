@@ -199,24 +199,3 @@ class VisionTransformer(TypedModule):
         if self.return_layers:
             return out, {name: maps[name] for name in self.return_layers}
         return out
-
-
-def build_vit(
-    name: str,
-    *,
-    dtype: jnp.dtype = jnp.float32,
-    param_dtype: jnp.dtype = jnp.float32,
-    return_layers: Sequence[str] = (),
-) -> VisionTransformer:
-    """Builds `vit_b_16`, `vit_small_patch16_224` or `vit_base_patch16_224`."""
-    patch, width, depth, heads, mlp = VIT_ARCHS[name]
-    return VisionTransformer(
-        patch,
-        width,
-        depth,
-        heads,
-        mlp,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        return_layers=tuple(return_layers),
-    )
