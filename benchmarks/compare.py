@@ -272,11 +272,19 @@ def push(ctx):
     dataset = describe(config.data)
     method = build_method(config, dataset)
     raw = synthetic_batch(dataset.image_shape, dataset.num_classes, batch_size)
-    batch = pipeline.to_global(raw, make_data_mesh())
+    mesh = make_data_mesh()
+    batch = pipeline.to_global(raw, mesh)
     variables = jax.jit(method.init)(jax.random.key(0), batch)
 
+    class OneBatchPass:  # the run context's ordered pass, over the one synthetic batch
+        def __init__(self):
+            self.mesh = mesh
+
+        def reduce(self, fn, init, split="train", *, batch_size=None, indices=None):
+            return fn(init, batch)
+
     def jax_side():  # the engine's push: the latent program, then the class-specific minimum
-        jax.block_until_ready(method.project(variables, [batch]))
+        jax.block_until_ready(method.project(variables, OneBatchPass()))
 
     model = ctx.module(torch_refs.ProtoPNet()).eval()
     images, labels = ctx.torch_images(raw), ctx.torch_labels(raw)
