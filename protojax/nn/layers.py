@@ -63,6 +63,7 @@ def conv_general_dilated(
     plain = (
         lhs.ndim == 4
         and not isinstance(padding, str)
+        and all(pad >= 0 for pair in padding for pad in pair)
         and all(s == 1 for s in window_strides)
         and all(d == 1 for d in (lhs_dilation or (1, 1)))
         and all(d == 1 for d in (rhs_dilation or (1, 1)))
@@ -74,7 +75,11 @@ def conv_general_dilated(
             or tuple(dimension_numbers) == _NHWC
         )
     )
-    if not plain or (lhs.shape[1] >= kh and lhs.shape[2] >= kw):
+    (top, bottom), (left, right) = padding if plain else ((0, 0), (0, 0))
+    out_h = lhs.shape[1] + top + bottom - kh + 1
+    out_w = lhs.shape[2] + left + right - kw + 1
+    small = lhs.shape[1] < kh or lhs.shape[2] < kw
+    if not plain or not small or out_h < 1 or out_w < 1:
         return jax.lax.conv_general_dilated(
             lhs,
             rhs,
@@ -89,14 +94,18 @@ def conv_general_dilated(
         )
     b, _, _, c = lhs.shape
     padded = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
-    out_h, out_w = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
     # [B, out_h, out_w, kh · kw · C], ordered as the kernel's (kh, kw, C) flattening.
     patches = jnp.concatenate(
         [padded[:, i : i + out_h, j : j + out_w, :] for i in range(kh) for j in range(kw)],
         axis=-1,
     )
-    y = jnp.dot(patches.reshape(-1, kh * kw * c), rhs.reshape(kh * kw * c, -1), precision=precision)
-    return y.reshape(b, out_h, out_w, -1)
+    features = rhs.shape[-1]
+    y = jnp.dot(
+        patches.reshape(b * out_h * out_w, kh * kw * c),
+        rhs.reshape(kh * kw * c, features),
+        precision=precision,
+    )
+    return y.reshape(b, out_h, out_w, features)
 
 
 def conv2d(
