@@ -1,9 +1,9 @@
 """ProtoPNet (Chen et al., NeurIPS 2019, "This Looks Like That"), as its official code runs.
 
-Model: backbone → add-on 1×1 convs ending in a sigmoid → latent map z `[B, h, w, D]` →
-squared L2 distance from every latent patch to each of P = K·M class-owned prototypes →
-minimum over patches → similarity log((d + 1) / (d + ε)) → a bias-free last layer initialised
-to 1 for a prototype's own class and −0.5 for the others.
+Model (`protojax.nn.protopnet`): backbone → add-on 1×1 convs ending in a sigmoid → latent map
+z `[B, h, w, D]` → squared L2 distance from every latent patch to each of P = K·M class-owned
+prototypes → minimum over patches → similarity log((d + 1) / (d + ε)) → a bias-free last
+layer initialised to 1 for a prototype's own class and −0.5 for the others.
 
 Loss: CE + 0.8·cluster − 0.08·separation + 1e-4·L1 on the wrong-class weights (the costs
 are shared kernels, `protojax.prototypes.costs`, re-exported here).
@@ -46,7 +46,6 @@ import math
 import pathlib
 from typing import NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,24 +54,18 @@ from protojax.config import ConfigDict, compute_dtype
 from protojax.data.base import Dataset
 from protojax.errors import UsageError
 from protojax.explain.prototypes import (
-    Explained,
+    explain_images,
     prototype_sources,
     save_prototype_pngs,
     self_activation_maps,
-    write_this_looks_like_that,
 )
 from protojax.explain.prp import protopnet_relevance, prp_score
-from protojax.methods.common import (
-    accuracy,
-    class_logit,
-    class_probability,
-    cross_entropy,
-)
-from protojax.nn import backbone_by_name, feature_channels
-from protojax.nn.add_on import AddOnLayers, add_on_widths
+from protojax.methods.common import ClassTargets, accuracy, cross_entropy, pick
+from protojax.nn.add_on import add_on_widths
+from protojax.nn.protopnet import Activations, ProtoPNetModule
 from protojax.nn.receptive_field import receptive_field_boxes
-from protojax.nn.weights import load_backbone
-from protojax.prototypes import layer, log_similarity, min_over_patches, squared_l2_distances
+from protojax.nn.weights import load_configured_backbone
+from protojax.prototypes import layer, log_similarity
 from protojax.prototypes.costs import (
     average_separation,
     cluster_cost,
@@ -148,74 +141,6 @@ def default_optim_config() -> ConfigDict:
     )
 
 
-class ProtoPNetModule(nn.Module):
-    """Images `[B, H, W, C]` → (logits `[B, K]`, min distances `[B, P]`)."""
-
-    arch: str
-    stem: str
-    num_classes: int
-    prototypes_per_class: int
-    prototype_dim: int
-    add_on_kind: str = "regular"
-    epsilon: float = 1e-4
-    incorrect_class_connection: float = -0.5
-    dtype: jnp.dtype = jnp.float32
-
-    def setup(self):
-        num_prototypes = self.num_classes * self.prototypes_per_class
-        widths = add_on_widths(self.add_on_kind, feature_channels(self.arch), self.prototype_dim)
-        self.backbone = backbone_by_name(self.arch, stem=self.stem, dtype=self.dtype)
-        self.add_on = AddOnLayers(tuple(widths), dtype=self.dtype)
-        self.prototypes = self.param(
-            "prototypes", nn.initializers.uniform(1.0), (num_prototypes, self.prototype_dim)
-        )
-        self.last_layer = layer.LastLayer(
-            self.num_classes, self.prototypes_per_class, self.incorrect_class_connection
-        )
-
-    def latent(self, images: jax.Array, *, train: bool = False) -> jax.Array:
-        """The add-on output z `[B, h, w, D]` float32."""
-        return self.add_on(self.backbone(images, train=train))
-
-    def latent_logits(self, images: jax.Array) -> jax.Array:
-        """The add-on output before its sigmoid `[B, h, w, D]`, in inference mode."""
-        return self.add_on(self.backbone(images, train=False), logits=True)
-
-    def distance_map(self, images: jax.Array, *, train: bool = False):
-        """(z `[B, h, w, D]`, squared distances `[B, h, w, P]`)."""
-        latent = self.latent(images, train=train)
-        return latent, squared_l2_distances(latent, self.prototypes)
-
-    def classify(self, min_distances: jax.Array, active: jax.Array) -> jax.Array:
-        """Logits `[B, K]` from min distances `[B, P]`; inactive prototypes contribute 0."""
-        return self.last_layer(log_similarity(min_distances, eps=self.epsilon), active)
-
-    def head(self, feature_map: jax.Array, active: jax.Array) -> jax.Array:
-        """Logits `[B, K]` from the backbone's map `[B, h, w, c]` (for Grad-CAM)."""
-        latent = self.add_on(feature_map)
-        distances = squared_l2_distances(latent, self.prototypes)
-        return self.classify(min_over_patches(distances)[0], active)
-
-    def __call__(self, images: jax.Array, active: jax.Array, *, train: bool = False):
-        _, distances = self.distance_map(images, train=train)
-        min_distances, _ = min_over_patches(distances)
-        return self.classify(min_distances, active), min_distances
-
-
-class Activations(NamedTuple):
-    """What the model sees in images `[B, H, W, C]`.
-
-    Attributes:
-      logits: `[B, K]`.
-      similarities: `[B, P]` similarity of each prototype's nearest patch.
-      similarity_maps: `[B, h, w, P]` similarity of each prototype at every latent location.
-    """
-
-    logits: jax.Array
-    similarities: jax.Array
-    similarity_maps: jax.Array
-
-
 class Stage(NamedTuple):
     """One run of consecutive epochs of a kind (`warm`, `joint`, `last`, `prune_last`),
     counted in ProtoPNet epochs, and whether a push (or pruning) follows it."""
@@ -256,7 +181,7 @@ def stage_plan(model: ConfigDict, epochs: int) -> list[Stage]:
     return stages
 
 
-class ProtoPNet(Method):
+class ProtoPNet(ClassTargets, Method):
     name = "protopnet"
 
     def __init__(self, config: ConfigDict, dataset: Dataset):
@@ -298,12 +223,7 @@ class ProtoPNet(Method):
         return variables
 
     def load_pretrained(self, variables):
-        m = self.config.model
-        if not m.backbone_weights:
-            return variables
-        return load_backbone(
-            variables, m.backbone_weights, arch=m.backbone, allow_random_init=m.allow_random_init
-        )
+        return load_configured_backbone(variables, self.config.model)
 
     def loss(self, params, state, batch, rng, phase):
         del rng
@@ -421,9 +341,7 @@ class ProtoPNet(Method):
             ),
         )
         return {
-            "class_logit": partial(self._class_logit, variables),
-            "class_probability": partial(self._class_probability, variables),
-            "embedding": partial(self.embed, variables),
+            **self.class_targets(variables),
             "prp": prp,
             "prototype_similarity": partial(self._prototype_similarity, variables),
             "prototype_similarity_at": partial(self._prototype_similarity_at, variables),
@@ -437,62 +355,37 @@ class ProtoPNet(Method):
         return {"active_prototypes": int(np.sum(variables["prototype_state"]["active"]))}
 
     # --- targets -----------------------------------------------------------------------
-    def _class_logit(self, variables, images, classes):
-        return class_logit(self.predict, variables, images, classes)
-
-    def _class_probability(self, variables, images, classes):
-        return class_probability(self.predict, variables, images, classes)
-
-    def _similarity_maps(self, variables, images):
-        _, distances = self.net.apply(
-            layer.model_collections(variables), images, method=ProtoPNetModule.distance_map
-        )
-        return log_similarity(distances, eps=self.config.model.epsilon)  # [B, h, w, P]
+    def _apply(self, variables, *args, method):
+        return self.net.apply(layer.model_collections(variables), *args, method=method)
 
     def _prototype_similarity(self, variables, images, prototypes):
-        maps = self._similarity_maps(variables, images)
-        per_prototype = jnp.max(maps, axis=(1, 2))  # [B, P]
-        return jnp.take_along_axis(per_prototype, prototypes[:, None].astype(jnp.int32), 1)[:, 0]
+        maps = self._apply(variables, images, method=ProtoPNetModule.similarity_maps)
+        return pick(jnp.max(maps, axis=(1, 2)), prototypes)  # max over patches of [B, h, w, P]
 
     def _prototype_similarity_at(self, variables, images, targets):
-        maps = self._similarity_maps(variables, images)
-        rows = jnp.arange(images.shape[0])
+        maps = self._apply(variables, images, method=ProtoPNetModule.similarity_maps)
         targets = targets.astype(jnp.int32)
-        return maps[rows, targets[:, 1], targets[:, 2], targets[:, 0]]
+        return maps[jnp.arange(images.shape[0]), targets[:, 1], targets[:, 2], targets[:, 0]]
 
     def _features(self, variables, images):
-        return self.net.apply(
-            layer.model_collections(variables), images, method=lambda net, x: net.backbone(x)
-        )
+        return self._apply(variables, images, method=ProtoPNetModule.features)
 
     def _head(self, variables, feature_map, classes):
-        active = variables["prototype_state"]["active"]
-        logits = self.net.apply(
-            layer.model_collections(variables), feature_map, active, method=ProtoPNetModule.head
+        active = variables[layer.STATE]["active"]
+        return pick(
+            self._apply(variables, feature_map, active, method=ProtoPNetModule.head), classes
         )
-        return jnp.take_along_axis(logits, classes[:, None].astype(jnp.int32), axis=1)[:, 0]
 
     def _latent_logits(self, variables, images):
-        return self.net.apply(
-            layer.model_collections(variables), images, method=ProtoPNetModule.latent_logits
-        )
+        return self._apply(variables, images, method=ProtoPNetModule.latent_logits)
 
     def _latent(self, variables, images):
-        return self.net.apply(
-            layer.model_collections(variables), images, method=ProtoPNetModule.latent
-        )
+        return self._apply(variables, images, method=ProtoPNetModule.latent)
 
     # --- analysis ----------------------------------------------------------------------
     def _activations_impl(self, variables, images):
-        collections = layer.model_collections(variables)
-        _, distances = self.net.apply(collections, images, method=ProtoPNetModule.distance_map)
-        min_distances, _ = min_over_patches(distances)
-        active = variables["prototype_state"]["active"]
-        logits = self.net.apply(collections, min_distances, active, method=ProtoPNetModule.classify)
-        eps = self.config.model.epsilon
-        return Activations(
-            logits, log_similarity(min_distances, eps=eps), log_similarity(distances, eps=eps)
-        )
+        active = variables[layer.STATE]["active"]
+        return self._apply(variables, images, active, method=ProtoPNetModule.activations)
 
     def activations(self, variables, images) -> Activations:
         """Logits, similarities and similarity maps of images `[B, H, W, C]` (jitted)."""
@@ -644,28 +537,21 @@ def build(config: ConfigDict, dataset: Dataset) -> ProtoPNet:
 
 def own_explanation(method, variables, config, dataset, *, split, indices, out):
     """The explain launcher's hook: "this looks like that" for images `indices` of `split`
-    and the class galleries (`explain.prototypes.write_this_looks_like_that`)."""
+    and the class galleries (`explain.prototypes.explain_images`)."""
     from protojax.data.pipeline import normalize
 
-    state = jax.device_get(variables[layer.STATE])
-    if not np.any(state["source_index"] >= 0):
-        raise UsageError(
-            "This run has not pushed its prototypes yet, so they are not training patches; "
-            "explain a run that has passed its first push epoch."
-        )
-    batch_size = max(1, min(config.data.eval_batch_size, 64))
     raw = dataset.split(split).get_batch(np.asarray(indices))
-    parts = [
-        method.activations(variables, normalize(raw["image"][i : i + batch_size],
-                                                config.data.normalization))
-        for i in range(0, len(indices), batch_size)
-    ]  # fmt: skip
-    logits, sims, maps = (np.concatenate([np.asarray(p[n]) for p in parts]) for n in range(3))
-    kernel = np.asarray(variables["params"]["last_layer"]["kernel"])
-    explained = Explained(raw["image"], np.asarray(indices), raw["label"], logits, sims, kernel,
-                          state["active"], state["prototype_class"])  # fmt: skip
-    sources = method.prototype_sources(variables, dataset.split("train"), batch_size=batch_size)
-    return write_this_looks_like_that(
-        out, explained, maps, sources, class_names=dataset.class_names,
+    batch_size = max(1, min(config.data.eval_batch_size, 64))
+    return explain_images(
+        out,
+        lambda images: method.activations(variables, normalize(images, config.data.normalization)),
+        raw["image"],
+        indices,
+        raw["label"],
+        variables["params"]["last_layer"]["kernel"],
+        jax.device_get(variables[layer.STATE]),
+        method.prototype_sources(variables, dataset.split("train"), batch_size=batch_size),
+        class_names=dataset.class_names,
         prototypes_per_class=method.prototypes_per_class,
-    )  # fmt: skip
+        batch_size=batch_size,
+    )
