@@ -189,6 +189,15 @@ def self_activation_maps(
     return jax.vmap(lambda m: upsample_activation(m, size))(own)
 
 
+@jax.jit
+def upsampled_self_activations(
+    similarity_maps: jax.tree_util.Partial, images: jax.Array, prototype_ids: jax.Array
+) -> jax.Array:
+    """`self_activation_maps` of a model: `similarity_maps(images [n, H, W, C]) -> [n, h, w,
+    P]` (a `jax.tree_util.Partial`, traced) and `prototype_ids [n]` → `[n, H, W]`."""
+    return self_activation_maps(similarity_maps(images), prototype_ids, tuple(images.shape[1:3]))
+
+
 def save_prototype_pngs(
     directory: pathlib.Path,
     sources: PrototypeSources,
@@ -517,6 +526,7 @@ __all__ = [
     "self_activation_maps",
     "top_contributions",
     "upsample_activation",
+    "upsampled_self_activations",
     "write_decoded_explanations",
     "write_prototype_pngs",
     "write_this_looks_like_that",

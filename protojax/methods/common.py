@@ -28,6 +28,12 @@ def accuracy(logits: jax.Array, labels: jax.Array, valid: jax.Array) -> jax.Arra
     return metrics_accuracy(logits, labels, valid=valid).aggregate
 
 
+def accuracy_on_test(ctx, variables) -> float | None:
+    """The run's test accuracy, or None when the data has no test split (the `after`
+    operations report it before and after they change a model)."""
+    return ctx.evaluate(variables, "test") if "test" in ctx.dataset.splits else None
+
+
 class ClassTargets:
     """The score functions of every classifier, for a `Method` with `predict` and `embed`:
     `class_targets(variables)` gives `class_logit(images, classes [B])`,
@@ -56,4 +62,5 @@ __all__ = [
     "cross_entropy",
     "masked_mean",
     "pick",
+    "accuracy_on_test",
 ]

@@ -1,12 +1,11 @@
 """ProtoPNet (Chen et al., NeurIPS 2019, "This Looks Like That"), as its official code runs.
 
-Model (`protojax.nn.protopnet`): backbone → add-on 1×1 convs ending in a sigmoid → latent map
-z `[B, h, w, D]` → squared L2 distance from every latent patch to each of P = K·M class-owned
-prototypes → minimum over patches → similarity log((d + 1) / (d + ε)) → a bias-free last
-layer initialised to 1 for a prototype's own class and −0.5 for the others.
+Model (`protojax.nn.protopnet`): backbone → sigmoid add-ons → latent map z `[B, h, w, D]` →
+squared L2 distances to P = K·M class-owned prototypes → minimum over patches → similarity
+log((d + 1) / (d + ε)) → a bias-free last layer (1 to the own class, −0.5 to the others).
 
 Loss: CE + 0.8·cluster − 0.08·separation + 1e-4·L1 on the wrong-class weights (the costs
-are shared kernels, `protojax.prototypes.costs`, re-exported here).
+are shared kernels, `protojax.prototypes.costs`).
 
 Stages (the official `main.py`), counted in ProtoPNet epochs (`config.train.epochs` of them):
 - epochs `< warm_epochs`: warm-up, add-ons and prototypes only (Adam, own state);
@@ -53,31 +52,14 @@ import numpy as np
 from protojax.config import ConfigDict, compute_dtype
 from protojax.data.base import Dataset
 from protojax.errors import UsageError
-from protojax.explain.prototypes import (
-    explain_images,
-    prototype_sources,
-    save_prototype_pngs,
-    self_activation_maps,
-)
+from protojax.explain import prototypes as views
 from protojax.explain.prp import protopnet_relevance, prp_score
-from protojax.methods.common import ClassTargets, accuracy, cross_entropy, pick
+from protojax.methods.common import ClassTargets, accuracy, accuracy_on_test, cross_entropy, pick
 from protojax.nn.add_on import add_on_widths
 from protojax.nn.protopnet import Activations, ProtoPNetModule
 from protojax.nn.receptive_field import receptive_field_boxes
 from protojax.nn.weights import load_configured_backbone
-from protojax.prototypes import layer, log_similarity
-from protojax.prototypes.costs import (
-    average_separation,
-    cluster_cost,
-    l1_wrong_class,
-    separation_cost,
-)
-from protojax.prototypes.projection import (
-    NearestState,
-    ProjectionState,
-    nearest_images,
-    project,
-)
+from protojax.prototypes import costs, layer, log_similarity, projection
 from protojax.train import optim
 from protojax.train.protocol import Method, Phase
 
@@ -211,7 +193,6 @@ class ProtoPNet(ClassTargets, Method):
         )
         self._latent_map = jax.jit(self._latent)
         self._activations = jax.jit(self._activations_impl)
-        self._self_activations = jax.jit(self._self_activations_impl)
 
     # --- protocol ----------------------------------------------------------------------
     def init(self, rng, batch):
@@ -239,20 +220,19 @@ class ProtoPNet(ClassTargets, Method):
         )
         labels, valid = batch["label"], batch["valid"]
         classes = prototype_state["prototype_class"]
+        by_class = (min_distances, labels, classes, active)
         terms = {
             "cross_entropy": cross_entropy(logits, labels, valid),
-            "cluster": cluster_cost(min_distances, labels, classes, active, valid=valid),
-            "separation": separation_cost(min_distances, labels, classes, active, valid=valid),
-            "l1": l1_wrong_class(params["last_layer"]["kernel"], classes, active),
+            "cluster": costs.cluster_cost(*by_class, valid=valid),
+            "separation": costs.separation_cost(*by_class, valid=valid),
+            "l1": costs.l1_wrong_class(params["last_layer"]["kernel"], classes, active),
         }
         coefs = self.config.model.coefs
         total = sum(coefs[name] * value for name, value in terms.items())
         metrics = {
             "loss": total,
             **terms,
-            "average_separation": average_separation(
-                min_distances, labels, classes, active, valid=valid
-            ),
+            "average_separation": costs.average_separation(*by_class, valid=valid),
             "accuracy": accuracy(logits, labels, valid),
         }
         return total, (metrics, {**state, **updates})
@@ -358,12 +338,15 @@ class ProtoPNet(ClassTargets, Method):
     def _apply(self, variables, *args, method):
         return self.net.apply(layer.model_collections(variables), *args, method=method)
 
+    def _similarity_maps(self, variables, images):
+        return self._apply(variables, images, method=ProtoPNetModule.similarity_maps)
+
     def _prototype_similarity(self, variables, images, prototypes):
-        maps = self._apply(variables, images, method=ProtoPNetModule.similarity_maps)
+        maps = self._similarity_maps(variables, images)
         return pick(jnp.max(maps, axis=(1, 2)), prototypes)  # max over patches of [B, h, w, P]
 
     def _prototype_similarity_at(self, variables, images, targets):
-        maps = self._apply(variables, images, method=ProtoPNetModule.similarity_maps)
+        maps = self._similarity_maps(variables, images)
         targets = targets.astype(jnp.int32)
         return maps[jnp.arange(images.shape[0]), targets[:, 1], targets[:, 2], targets[:, 0]]
 
@@ -400,16 +383,20 @@ class ProtoPNet(ClassTargets, Method):
         return receptive_field_boxes(latent, self.image_shape, cache_key=key)
 
     # --- push --------------------------------------------------------------------------
-    def project(self, variables, ctx) -> ProjectionState:
+    def project(self, variables, ctx) -> projection.ProjectionState:
         """The nearest latent patch of each prototype's class over an ordered pass of the
         training split; memory is that of one batch."""
-        size = self.pass_batch_size(ctx.mesh.devices.size)
-        return project(
+        return projection.project(
             functools.partial(self._latent_map, variables),
             variables["params"]["prototypes"],
             variables[layer.STATE]["prototype_class"],
-            functools.partial(ctx.reduce, split="train", batch_size=size),
+            self._train_pass(ctx),
         )
+
+    def _train_pass(self, ctx):
+        """`ctx.reduce` over the training split in batches of `pass_batch_size`."""
+        size = self.pass_batch_size(ctx.mesh.devices.size)
+        return functools.partial(ctx.reduce, split="train", batch_size=size)
 
     def pass_batch_size(self, num_devices: int) -> int:
         """The batch of push and pruning passes: `model.push_batch_size` rounded up to a
@@ -420,20 +407,16 @@ class ProtoPNet(ClassTargets, Method):
         """The `after` operation of a push epoch: projects the prototypes, tests before and
         after, records the first push's accuracies and writes the prototype images."""
         history = list(ctx.records.get("push_history", []))
-        has_test = "test" in ctx.dataset.splits
-        before = ctx.evaluate(variables, "test") if has_test else None
-        projection = self.project(variables, ctx)
-        variables = layer.apply_projection(variables, projection)
-        after = ctx.evaluate(variables, "test") if has_test else None
-        distances = np.asarray(projection.distance)
-        found = np.isfinite(distances)  # false for classes without a training image
+        before = accuracy_on_test(ctx, variables)
+        pushed = self.project(variables, ctx)
+        variables = layer.apply_projection(variables, pushed)
+        after = accuracy_on_test(ctx, variables)
         entry = {
             "push": len(history) + 1,
             "step": ctx.step,
             "test_accuracy_before_push": before,
             "test_accuracy_after_push": after,
-            "prototypes_pushed": int(found.sum()),
-            "mean_push_distance": float(distances[found].mean()) if found.any() else None,
+            **projection.push_statistics(pushed),
         }
         if not history:
             ctx.record("test_accuracy_before_push", before)
@@ -450,13 +433,12 @@ class ProtoPNet(ClassTargets, Method):
         active = variables[layer.STATE]["active"]
         return self.net.apply(layer.model_collections(variables), images, active)[1]
 
-    def nearest_images(self, variables, ctx, *, k: int) -> NearestState:
+    def nearest_images(self, variables, ctx, *, k: int) -> projection.NearestState:
         """The k nearest training images (through their nearest patch) of every prototype."""
-        size = self.pass_batch_size(ctx.mesh.devices.size)
-        return nearest_images(
+        return projection.nearest_images(
             jax.tree_util.Partial(self._min_distances, variables),
             self.num_prototypes,
-            functools.partial(ctx.reduce, split="train", batch_size=size),
+            self._train_pass(ctx),
             k=k,
         )
 
@@ -464,27 +446,22 @@ class ProtoPNet(ClassTargets, Method):
         """The `after` operation that switches off the prototypes with fewer than
         `prune.threshold` of their `prune.k` nearest training images in their own class."""
         settings = self.config.model.prune
-        prototype_state = variables["prototype_state"]
-        has_test = "test" in ctx.dataset.splits
-        before = ctx.evaluate(variables, "test") if has_test else None
+        state = variables[layer.STATE]
+        before = accuracy_on_test(ctx, variables)
         nearest = self.nearest_images(variables, ctx, k=settings.k)
-        own = np.sum(
-            np.asarray(nearest.label) == np.asarray(prototype_state["prototype_class"])[:, None],
-            axis=1,
+        active = np.asarray(state["active"])
+        pruned = projection.prune_mask(
+            nearest.label, state["prototype_class"], active, threshold=settings.threshold
         )
-        active = np.asarray(prototype_state["active"])
-        pruned = active & (own < settings.threshold)
         variables = layer.with_active(variables, active & ~pruned)
-        after = ctx.evaluate(variables, "test") if has_test else None
+        tested = {
+            "test_accuracy_before_prune": before,
+            "test_accuracy_after_prune": accuracy_on_test(ctx, variables),
+        }
         ctx.record("pruned_prototypes", [int(j) for j in np.flatnonzero(pruned)])
-        ctx.record("test_accuracy_before_prune", before)
-        ctx.record("test_accuracy_after_prune", after)
-        ctx.log(
-            event="prune",
-            pruned=int(pruned.sum()),
-            test_accuracy_before_prune=before,
-            test_accuracy_after_prune=after,
-        )
+        for key, value in tested.items():
+            ctx.record(key, value)
+        ctx.log(event="prune", pruned=int(pruned.sum()), **tested)
         return variables
 
     # --- visual bookkeeping ------------------------------------------------------------
@@ -498,7 +475,7 @@ class ProtoPNet(ClassTargets, Method):
         sources = self.prototype_sources(variables, ctx.dataset.split("train"), batch_size=size)
         if not ctx.is_main:
             return directory / "index.json"
-        return save_prototype_pngs(
+        return views.save_prototype_pngs(
             directory,
             sources,
             jax.device_get(variables[layer.STATE]),
@@ -513,22 +490,14 @@ class ProtoPNet(ClassTargets, Method):
         (`explain.prototypes.PrototypeSources`), read from the training split."""
         from protojax.data.pipeline import normalize
 
-        return prototype_sources(
-            functools.partial(self.self_activations, variables),
+        maps = jax.tree_util.Partial(self._similarity_maps, variables)
+        return views.prototype_sources(
+            functools.partial(views.upsampled_self_activations, maps),
             train_split.get_batch,
             functools.partial(normalize, mode=self.config.data.normalization),
             np.asarray(variables[layer.STATE]["source_index"]),
             batch_size=batch_size,
         )
-
-    def self_activations(self, variables, images, prototype_ids) -> jax.Array:
-        """Similarity maps of prototypes `prototype_ids [n]` on `images [n, H, W, C]` (one
-        prototype per image, model-normalised), upsampled bicubically to `[n, H, W]`."""
-        return self._self_activations(variables, jnp.asarray(images), prototype_ids)
-
-    def _self_activations_impl(self, variables, images, prototype_ids):
-        maps = self._activations_impl(variables, images).similarity_maps
-        return self_activation_maps(maps, prototype_ids, tuple(images.shape[1:3]))
 
 
 def build(config: ConfigDict, dataset: Dataset) -> ProtoPNet:
@@ -542,7 +511,7 @@ def own_explanation(method, variables, config, dataset, *, split, indices, out):
 
     raw = dataset.split(split).get_batch(np.asarray(indices))
     batch_size = max(1, min(config.data.eval_batch_size, 64))
-    return explain_images(
+    return views.explain_images(
         out,
         lambda images: method.activations(variables, normalize(images, config.data.normalization)),
         raw["image"],
