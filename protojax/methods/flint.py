@@ -419,21 +419,6 @@ def build(config: ConfigDict, dataset: Dataset) -> FLINT:
     return FLINT(config, dataset)
 
 
-__all__ = [
-    "FLINT",
-    "build",
-    "coefficients",
-    "conditional_entropy",
-    "default_model_config",
-    "default_optim_config",
-    "epoch_ranges",
-    "input_fidelity",
-    "official_schedule",
-    "output_fidelity",
-    "sparsity",
-]
-
-
 def own_explanation(method, variables, config, dataset, *, split, indices, out):
     """The explain launcher's hook: each image of `indices` beside the attributes most relevant
     to the interpreter's class (`explain.attributes.local_explanation_figure`), as
@@ -455,3 +440,18 @@ def own_explanation(method, variables, config, dataset, *, split, indices, out):
         )  # fmt: skip
         paths.append(figures.save(fig, out / f"image_{int(n):03d}" / "attributes.png"))
     return paths
+
+
+__all__ = [
+    "FLINT",
+    "build",
+    "coefficients",
+    "conditional_entropy",
+    "default_model_config",
+    "default_optim_config",
+    "epoch_ranges",
+    "input_fidelity",
+    "official_schedule",
+    "output_fidelity",
+    "sparsity",
+]
