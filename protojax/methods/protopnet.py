@@ -43,7 +43,6 @@ from __future__ import annotations
 import functools
 import math
 import pathlib
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +59,7 @@ from protojax.nn.protopnet import Activations, ProtoPNetModule
 from protojax.nn.receptive_field import receptive_field_boxes
 from protojax.nn.weights import load_configured_backbone
 from protojax.prototypes import costs, layer, log_similarity, projection
+from protojax.prototypes.schedule import stage_plan
 from protojax.train import optim
 from protojax.train.protocol import Method, Phase
 
@@ -121,46 +121,6 @@ def default_optim_config() -> ConfigDict:
             "joint_gamma": 0.1,
         }
     )
-
-
-class Stage(NamedTuple):
-    """One run of consecutive epochs of a kind (`warm`, `joint`, `last`, `prune_last`),
-    counted in ProtoPNet epochs, and whether a push (or pruning) follows it."""
-
-    kind: str
-    epochs: int
-    push_after: bool = False
-    prune_after: bool = False
-
-
-def stage_plan(model: ConfigDict, epochs: int) -> list[Stage]:
-    """The official schedule: warm, joint, and after every push epoch the last-layer epochs.
-
-    Args:
-      model: the `config.model` section.
-      epochs: ProtoPNet epochs (warm + joint; last-layer epochs come on top).
-    """
-    if epochs < 1:
-        raise UsageError(f"train.epochs must be at least 1, got {epochs}.")
-    stages: list[Stage] = []
-    for epoch in range(epochs):
-        kind = "warm" if epoch < model.warm_epochs else "joint"
-        if stages and stages[-1].kind == kind and not stages[-1].push_after:
-            stages[-1] = stages[-1]._replace(epochs=stages[-1].epochs + 1)
-        else:
-            stages.append(Stage(kind, 1))
-        if epoch >= model.push_start and epoch % model.push_every == 0:
-            stages[-1] = stages[-1]._replace(push_after=True)
-            stages.append(Stage("last", model.last_layer_epochs))
-    if model.prune.enabled:
-        if stages[-1].kind != "last":
-            raise UsageError(
-                "Pruning follows a push and its last-layer epochs, but the run ends with "
-                f"{stages[-1].kind} epochs; set train.epochs to push_start + n·push_every + 1."
-            )
-        stages[-1] = stages[-1]._replace(prune_after=True)
-        stages.append(Stage("prune_last", model.prune.last_layer_epochs))
-    return stages
 
 
 class ProtoPNet(ClassTargets, Method):
