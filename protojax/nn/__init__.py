@@ -16,6 +16,10 @@ one (`protojax.nn.weights`):
 - `small_cnn`, `small_cnn_wide`: small CNNs for 28–64 px images, trained from scratch.
 
 Each family's file documents its layer names for `return_layers` and its variable names.
+
+The methods' networks are here too, one file each (`protopnet`, `protovae` with `vae`,
+`infodisent`, `flint`, and ProtoPNet's `add_on` layers); `BackboneNet` is the base of a
+classifier on a named backbone.
 """
 
 from __future__ import annotations
