@@ -7,7 +7,8 @@ log((d + 1) / (d + ε)) → a bias-free last layer (1 to the own class, −0.5 t
 Loss: CE + 0.8·cluster − 0.08·separation + 1e-4·L1 on the wrong-class weights (the costs
 are shared kernels, `protojax.prototypes.costs`).
 
-Stages (the official `main.py`), counted in ProtoPNet epochs (`config.train.epochs` of them):
+Stages (the official `main.py`, planned by `protojax.prototypes.schedule`), counted in ProtoPNet
+epochs (`config.train.epochs` of them):
 - epochs `< warm_epochs`: warm-up, add-ons and prototypes only (Adam, own state);
 - later epochs: joint, everything but the last layer; StepLR(5, 0.1) stepped before each
   joint epoch, so the first decay comes after 4 joint epochs;
