@@ -64,8 +64,6 @@ from protojax.prototypes.schedule import stage_plan
 from protojax.train import optim
 from protojax.train.protocol import Method, Phase
 
-PROTOTYPE_IMAGES = "prototypes"
-
 
 def default_model_config() -> ConfigDict:
     return ConfigDict(
@@ -124,7 +122,13 @@ def default_optim_config() -> ConfigDict:
     )
 
 
+# Where each push writes its prototypes' PNGs, under the run's figures folder.
+PROTOTYPE_IMAGES = "prototypes"
+
+
 class ProtoPNet(ClassTargets, Method):
+    """ProtoPNet under the method protocol (see the module docstring)."""
+
     name = "protopnet"
 
     def __init__(self, config: ConfigDict, dataset: Dataset):
