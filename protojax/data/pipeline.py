@@ -217,6 +217,30 @@ def ordered_batches(
         yield _finish(batch, normalization)
 
 
+def collect(
+    split: Split,
+    fn,
+    *,
+    batch_size: int,
+    normalization: str = "none",
+    indices: np.ndarray | None = None,
+):
+    """`fn(batch)` over a single-process `ordered_batches` pass, its rows concatenated as
+    NumPy, padding rows dropped: `RunContext.collect` outside a run (a notebook, a launcher).
+
+    Args:
+      fn: `batch -> pytree of [B, ...]`; the batch's arrays are `jax.Array`s.
+    """
+    parts = []
+    for batch in ordered_batches(
+        split, batch_size=batch_size, normalization=normalization, indices=indices
+    ):
+        valid = batch["valid"]
+        rows = fn({k: jax.numpy.asarray(v) for k, v in batch.items()})
+        parts.append(jax.tree.map(lambda x, valid=valid: np.asarray(x)[valid], rows))
+    return jax.tree.map(lambda *r: np.concatenate(r), *parts)
+
+
 def data_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec("data"))
 

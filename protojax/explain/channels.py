@@ -10,7 +10,8 @@ feature-map location (`nn.receptive_field.receptive_field_boxes`); nothing here 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import pathlib
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import jax
@@ -216,6 +217,85 @@ def channel_explanation(
     return fig
 
 
+def training_images(
+    collect: Callable, denormalize: Callable[[np.ndarray], np.ndarray], indices: np.ndarray
+) -> dict[int, np.ndarray]:
+    """Training images `[H, W, C]` in [0, 1] by dataset index, read through an ordered pass
+    (`collect(fn, indices=...)`, as `RunContext.collect` over the training split)."""
+    wanted = np.unique(indices)
+    rows = collect(lambda batch: batch["image"], indices=wanted)
+    return {int(i): denormalize(np.asarray(r)) for i, r in zip(wanted, rows)}
+
+
+def write_channel_explanations(
+    out: pathlib.Path,
+    images: np.ndarray,
+    logits: np.ndarray,
+    pooled,
+    kernel: np.ndarray,
+    boxes: np.ndarray,
+    channel_maps: Callable[[jax.Array], jax.Array],
+    collect: Callable,
+    denormalize: Callable[[np.ndarray], np.ndarray],
+    *,
+    channels: int,
+    patches: int,
+) -> list[pathlib.Path]:
+    """Writes `out/image_NNN.png`, the `channel_explanation` of each image for its predicted
+    class, and returns the paths.
+
+    Args:
+      out: the folder (created if missing).
+      images: `[B, H, W, C]` model inputs.
+      logits: `[B, K]` the model's logits on them.
+      pooled: their channel values with locations (`values [B, D]`,
+        `positive_locations` and `negative_locations` `[B, D, 2]`, as `mx_pool` gives them).
+      kernel: `[D, K]` the non-negative head W.
+      boxes: `[h, w, 4]` receptive-field box of every feature-map location.
+      channel_maps: model inputs `[n, H, W, C]` → channel maps `[n, h, w, D]` (a pytree
+        callable such as `jax.tree_util.Partial`).
+      collect: `collect(fn, indices=None)` runs `fn(batch)` over an ordered pass of the
+        training split and returns its rows (`RunContext.collect`), for the channels'
+        top-activating training patches.
+      denormalize: model inputs → images in [0, 1].
+      channels: channels shown per image; patches: training patches shown per channel.
+    """
+    predicted = np.argmax(logits, axis=-1)
+    chosen = top_channels(
+        pooled.values,
+        pooled.positive_locations,
+        pooled.negative_locations,
+        kernel,
+        predicted,
+        k=min(channels, kernel.shape[0]),
+    )
+    shown = np.unique(chosen.channels)
+    # The callable is an argument, so that a Partial's arrays are inputs, not constants.
+    maps = jax.jit(lambda fn, x: fn(x))
+    gallery = top_activating(
+        collect(lambda batch: channel_extremes(maps(channel_maps, batch["image"]), shown)),
+        k=patches,
+    )
+    gallery_images = training_images(collect, denormalize, gallery.indices)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(images):
+        fig = channel_explanation(
+            denormalize(image),
+            jax.tree.map(lambda x, i=i: x[i], chosen),
+            boxes,
+            gallery,
+            gallery_images,
+            shown,
+            title=f"image {i}: predicted class {predicted[i]}",
+        )
+        path = out / f"image_{i:03d}.png"
+        fig.savefig(path, dpi=100)
+        pyplot().close(fig)
+        paths.append(path)
+    return paths
+
+
 __all__ = [
     "ChannelExtremes",
     "Gallery",
@@ -225,4 +305,6 @@ __all__ = [
     "location_boxes",
     "top_activating",
     "top_channels",
+    "training_images",
+    "write_channel_explanations",
 ]

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from protojax.errors import UsageError
 from protojax.imaging import crop, draw_box, overlay_heatmap, save_png, to_rgb
 
 # PNGs of smaller images are enlarged (nearest neighbour) to about this side, so that box
@@ -186,6 +187,15 @@ def self_activation_maps(
     ids = jnp.asarray(prototype_ids, jnp.int32)[:, None, None, None]
     own = jnp.take_along_axis(similarity_maps, ids, axis=3)[..., 0]
     return jax.vmap(lambda m: upsample_activation(m, size))(own)
+
+
+@jax.jit
+def upsampled_self_activations(
+    similarity_maps: jax.tree_util.Partial, images: jax.Array, prototype_ids: jax.Array
+) -> jax.Array:
+    """`self_activation_maps` of a model: `similarity_maps(images [n, H, W, C]) -> [n, h, w,
+    P]` (a `jax.tree_util.Partial`, traced) and `prototype_ids [n]` → `[n, H, W]`."""
+    return self_activation_maps(similarity_maps(images), prototype_ids, tuple(images.shape[1:3]))
 
 
 def save_prototype_pngs(
@@ -400,6 +410,61 @@ def write_this_looks_like_that(
     return paths
 
 
+def explain_images(
+    out: pathlib.Path,
+    activations: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    images: np.ndarray,
+    indices: np.ndarray,
+    labels: np.ndarray,
+    kernel: np.ndarray,
+    prototype_state: dict[str, np.ndarray],
+    sources: PrototypeSources,
+    *,
+    class_names: Sequence[str],
+    prototypes_per_class: int,
+    batch_size: int,
+) -> list[pathlib.Path]:
+    """`write_this_looks_like_that` for images as the data stores them.
+
+    Args:
+      out: the folder (created if missing).
+      activations: stored images `[n, H, W, C]` → (logits `[n, K]`, similarities `[n, P]`,
+        similarity maps `[n, h, w, P]`), normalising them for the model; called on chunks of
+        `batch_size` images.
+      images, indices, labels: `[B, H, W, C]` in [0, 1], their indices in the split, `[B]`.
+      kernel: `[P, K]` the last layer; prototype_state: NumPy `prototype_state`.
+      sources: the pushed prototypes' source images (`prototype_sources`).
+
+    Raises:
+      UsageError: no prototype has been pushed yet.
+    """
+    if not len(sources.prototypes):
+        raise UsageError(
+            "This run has not pushed its prototypes yet, so they are not training patches; "
+            "explain a run that has passed its first push epoch."
+        )
+    parts = [activations(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    logits, sims, maps = (np.concatenate([np.asarray(p[n]) for p in parts]) for n in range(3))
+    explained = Explained(
+        images,
+        np.asarray(indices),
+        labels,
+        logits,
+        sims,
+        np.asarray(kernel),
+        prototype_state["active"],
+        prototype_state["prototype_class"],
+    )
+    return write_this_looks_like_that(
+        out,
+        explained,
+        maps,
+        sources,
+        class_names=class_names,
+        prototypes_per_class=prototypes_per_class,
+    )
+
+
 def write_decoded_explanations(
     out: pathlib.Path,
     explained: Explained,
@@ -454,12 +519,14 @@ __all__ = [
     "Contributions",
     "Explained",
     "PrototypeSources",
+    "explain_images",
     "high_activation_box",
     "prototype_sources",
     "save_prototype_pngs",
     "self_activation_maps",
     "top_contributions",
     "upsample_activation",
+    "upsampled_self_activations",
     "write_decoded_explanations",
     "write_prototype_pngs",
     "write_this_looks_like_that",

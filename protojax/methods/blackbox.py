@@ -21,9 +21,9 @@ from protojax import config as config_lib
 from protojax.config import ConfigDict, compute_dtype
 from protojax.data.base import Dataset
 from protojax.errors import UsageError, WorkdirError
-from protojax.methods.common import accuracy, class_logit, class_probability, cross_entropy
-from protojax.nn import backbone_by_name
-from protojax.nn.weights import load_backbone
+from protojax.methods.common import ClassTargets, accuracy, cross_entropy, pick
+from protojax.nn import BackboneNet
+from protojax.nn.weights import load_configured_backbone
 from protojax.train import optim
 from protojax.train import workdir as wd
 from protojax.train.protocol import Method, Phase
@@ -87,17 +87,11 @@ def schedule_from_config(optim_config: ConfigDict, epochs: int):
     raise UsageError(f"Unknown optim.schedule '{name}'; use constant, cosine or step.")
 
 
-class BlackBoxNet(nn.Module):
+class BlackBoxNet(BackboneNet):
     """`[B, H, W, C]` → (logits `[B, K]`, pooled features `[B, c]`)."""
 
-    backbone_name: str
-    stem: str
-    num_classes: int
-    dtype: jnp.dtype = jnp.float32
-
     def setup(self):
-        # Named `backbone`, as in every method, so its weights can seed another method.
-        self.backbone = backbone_by_name(self.backbone_name, stem=self.stem, dtype=self.dtype)
+        super().setup()
         self.head = nn.Dense(self.num_classes, dtype=jnp.float32)
 
     def __call__(self, images: jax.Array, *, train: bool = False):
@@ -112,7 +106,7 @@ class BlackBoxNet(nn.Module):
         return self.head(jnp.mean(feature_map.astype(jnp.float32), axis=(1, 2)))
 
 
-class BlackBox(Method):
+class BlackBox(ClassTargets, Method):
     name = "blackbox"
 
     def __init__(self, config: ConfigDict, dataset: Dataset):
@@ -126,12 +120,7 @@ class BlackBox(Method):
         return dict(self.net.init(rng, batch["image"], train=False))
 
     def load_pretrained(self, variables):
-        m = self.config.model
-        if not m.backbone_weights:
-            return variables
-        return load_backbone(
-            variables, m.backbone_weights, arch=m.backbone, allow_random_init=m.allow_random_init
-        )
+        return load_configured_backbone(variables, self.config.model)
 
     def loss(self, params, state, batch, rng, phase):
         del rng
@@ -173,25 +162,16 @@ class BlackBox(Method):
         `embedding(images) -> [B, d]` (the pooled features); `features(images) -> [B,h,w,c]`
         and `head(feature_map, classes)` for Grad-CAM."""
         return {
-            "class_logit": jax.tree_util.Partial(self._class_logit, variables),
-            "class_probability": jax.tree_util.Partial(self._class_probability, variables),
-            "embedding": jax.tree_util.Partial(self.embed, variables),
+            **self.class_targets(variables),
             "features": jax.tree_util.Partial(self._features, variables),
             "head": jax.tree_util.Partial(self._head, variables),
         }
-
-    def _class_logit(self, variables, images, classes):
-        return class_logit(self.predict, variables, images, classes)
-
-    def _class_probability(self, variables, images, classes):
-        return class_probability(self.predict, variables, images, classes)
 
     def _features(self, variables, images):
         return self.net.apply(variables, images, method=BlackBoxNet.feature_map)
 
     def _head(self, variables, feature_map, classes):
-        logits = self.net.apply(variables, feature_map, method=BlackBoxNet.classify)
-        return jnp.take_along_axis(logits, classes[:, None], axis=1)[:, 0]
+        return pick(self.net.apply(variables, feature_map, method=BlackBoxNet.classify), classes)
 
 
 def build(config: ConfigDict, dataset: Dataset) -> BlackBox:

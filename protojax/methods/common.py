@@ -1,4 +1,5 @@
-"""Small pieces every method's loss uses."""
+"""Small pieces every method uses: its loss's means and the classifier's score functions
+(`class_logit`, `class_probability` and `pick` come from `protojax.explain.targets`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from protojax.explain.targets import class_logit, class_probability, pick
 from protojax.metrics.accuracy import accuracy as metrics_accuracy
 
 
@@ -26,15 +28,39 @@ def accuracy(logits: jax.Array, labels: jax.Array, valid: jax.Array) -> jax.Arra
     return metrics_accuracy(logits, labels, valid=valid).aggregate
 
 
-def class_logit(apply_logits, variables, images: jax.Array, targets: jax.Array) -> jax.Array:
-    """Score function: the logit of class `targets [B]` for `images [B, H, W, C]`."""
-    logits = apply_logits(variables, images)  # [B, K]
-    return jnp.take_along_axis(logits, targets[:, None].astype(jnp.int32), axis=1)[:, 0]
+def accuracy_on_test(ctx, variables) -> float | None:
+    """The run's test accuracy, or None when the data has no test split (the `after`
+    operations report it before and after they change a model)."""
+    return ctx.evaluate(variables, "test") if "test" in ctx.dataset.splits else None
 
 
-def class_probability(apply_logits, variables, images: jax.Array, targets: jax.Array) -> jax.Array:
-    """Score function: the softmax probability of class `targets [B]`; unlike logits that may
-    all be negative (ProtoVAE's), it is positive, so sampled maps keep a sign one can read."""
-    logits = apply_logits(variables, images).astype(jnp.float32)  # [B, K]
-    probabilities = jax.nn.softmax(logits, axis=-1)
-    return jnp.take_along_axis(probabilities, targets[:, None].astype(jnp.int32), axis=1)[:, 0]
+class ClassTargets:
+    """The score functions of every classifier, for a `Method` with `predict` and `embed`:
+    `class_targets(variables)` gives `class_logit(images, classes [B])`,
+    `class_probability(images, classes [B])` and `embedding(images) -> [B, d]`."""
+
+    def class_targets(self, variables) -> dict[str, jax.tree_util.Partial]:
+        partial = jax.tree_util.Partial
+        return {
+            "class_logit": partial(self._class_logit, variables),
+            "class_probability": partial(self._class_probability, variables),
+            "embedding": partial(self.embed, variables),
+        }
+
+    def _class_logit(self, variables, images, classes):
+        return class_logit(self.predict, variables, images, classes)
+
+    def _class_probability(self, variables, images, classes):
+        return class_probability(self.predict, variables, images, classes)
+
+
+__all__ = [
+    "ClassTargets",
+    "accuracy",
+    "class_logit",
+    "class_probability",
+    "cross_entropy",
+    "masked_mean",
+    "pick",
+    "accuracy_on_test",
+]

@@ -23,9 +23,7 @@ at zero.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,14 +31,8 @@ import numpy as np
 from protojax.config import ConfigDict
 from protojax.data.base import Dataset
 from protojax.errors import UsageError
-from protojax.methods.common import (
-    accuracy,
-    class_logit,
-    class_probability,
-    cross_entropy,
-    masked_mean,
-)
-from protojax.nn.flint import dense, flint_architecture
+from protojax.methods.common import ClassTargets, accuracy, cross_entropy, masked_mean, pick
+from protojax.nn.flint import FlintNet, FlintOutput
 from protojax.train import optim
 from protojax.train.protocol import Method, Phase
 
@@ -166,72 +158,7 @@ def epoch_ranges(schedule, epochs: int, reset_epoch: int) -> list[tuple[int, int
     return [(s, e - 1) for s, e in zip(starts, [*starts[1:], epochs + 1], strict=True)]
 
 
-# --- module -------------------------------------------------------------------------------
-
-
-class FlintOutput(NamedTuple):
-    logits: jax.Array  # f(x) [B, K]
-    embedding: jax.Array  # f's penultimate features [B, d]
-    attributes: jax.Array  # Φ(x) [B, J]
-    interpreter_logits: jax.Array  # h(Φ(x)) [B, K]
-    reconstruction: jax.Array  # d(Φ(x)) [B, H, W, C]
-
-
-class Interpreter(nn.Module):
-    """h: dropout 0.01, then Linear(J → K) with a bias (the official `explainer`)."""
-
-    num_classes: int
-
-    @nn.compact
-    def __call__(self, attributes: jax.Array, *, train: bool = False) -> jax.Array:
-        x = nn.Dropout(0.01, deterministic=not train)(attributes)
-        return dense(self.num_classes, attributes.shape[-1], name="fc1")(x)
-
-
-class FlintNet(nn.Module):
-    arch: str
-    num_classes: int
-    num_attributes: int
-    image_shape: tuple[int, int, int]
-
-    def setup(self):
-        parts = flint_architecture(
-            self.arch,
-            num_classes=self.num_classes,
-            num_attributes=self.num_attributes,
-            image_shape=self.image_shape,
-        )
-        self.predictor, self.attributes, self.decoder = parts
-        self.interpreter = Interpreter(self.num_classes)
-
-    def __call__(self, images: jax.Array, *, train: bool = False) -> FlintOutput:
-        f = self.predictor(images, train=train)
-        phi = self.attributes(list(f.layers.values()))
-        return FlintOutput(
-            f.logits,
-            f.embedding,
-            phi,
-            self.interpreter(phi, train=train),
-            self.decoder(phi),
-        )
-
-    def predict(self, images: jax.Array) -> jax.Array:
-        return self.predictor(images).logits
-
-    def embed(self, images: jax.Array) -> jax.Array:
-        return self.predictor(images).embedding
-
-    def attribute_values(self, images: jax.Array) -> jax.Array:
-        return self.attributes(list(self.predictor(images).layers.values()))
-
-    def analyse(self, images: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """(f logits, h logits, Φ) in inference mode."""
-        f = self.predictor(images)
-        phi = self.attributes(list(f.layers.values()))
-        return f.logits, self.interpreter(phi), phi
-
-
-class FLINT(Method):
+class FLINT(ClassTargets, Method):
     name = "flint"
 
     def __init__(self, config: ConfigDict, dataset: Dataset):
@@ -321,26 +248,16 @@ class FLINT(Method):
         (f's penultimate features), `interpreter_logit(images, classes)` (h∘Φ) and
         `attribute(images, attributes)` (Φ_j)."""
         return {
-            "class_logit": jax.tree_util.Partial(self._class_logit, variables),
-            "class_probability": jax.tree_util.Partial(self._class_probability, variables),
-            "embedding": jax.tree_util.Partial(self.embed, variables),
+            **self.class_targets(variables),
             "interpreter_logit": jax.tree_util.Partial(self._interpreter_logit, variables),
             "attribute": jax.tree_util.Partial(self._attribute, variables),
         }
 
-    def _class_logit(self, variables, images, classes):
-        return class_logit(self.predict, variables, images, classes)
-
-    def _class_probability(self, variables, images, classes):
-        return class_probability(self.predict, variables, images, classes)
-
     def _interpreter_logit(self, variables, images, classes):
-        logits = self.net.apply(variables, images, method=FlintNet.analyse)[1]
-        return jnp.take_along_axis(logits, classes[:, None].astype(jnp.int32), axis=1)[:, 0]
+        return pick(self.net.apply(variables, images, method=FlintNet.analyse)[1], classes)
 
     def _attribute(self, variables, images, attributes):
-        phi = self.attribute_values(variables, images)
-        return jnp.take_along_axis(phi, attributes[:, None].astype(jnp.int32), axis=1)[:, 0]
+        return pick(self.attribute_values(variables, images), attributes)
 
     # --- interpretation ------------------------------------------------------------------
 
@@ -502,24 +419,6 @@ def build(config: ConfigDict, dataset: Dataset) -> FLINT:
     return FLINT(config, dataset)
 
 
-__all__ = [
-    "FLINT",
-    "FlintNet",
-    "FlintOutput",
-    "Interpreter",
-    "build",
-    "coefficients",
-    "conditional_entropy",
-    "default_model_config",
-    "default_optim_config",
-    "epoch_ranges",
-    "input_fidelity",
-    "official_schedule",
-    "output_fidelity",
-    "sparsity",
-]
-
-
 def own_explanation(method, variables, config, dataset, *, split, indices, out):
     """The explain launcher's hook: each image of `indices` beside the attributes most relevant
     to the interpreter's class (`explain.attributes.local_explanation_figure`), as
@@ -541,3 +440,18 @@ def own_explanation(method, variables, config, dataset, *, split, indices, out):
         )  # fmt: skip
         paths.append(figures.save(fig, out / f"image_{int(n):03d}" / "attributes.png"))
     return paths
+
+
+__all__ = [
+    "FLINT",
+    "build",
+    "coefficients",
+    "conditional_entropy",
+    "default_model_config",
+    "default_optim_config",
+    "epoch_ranges",
+    "input_fidelity",
+    "official_schedule",
+    "output_fidelity",
+    "sparsity",
+]

@@ -1,14 +1,14 @@
 """ProtoPNet (Chen et al., NeurIPS 2019, "This Looks Like That"), as its official code runs.
 
-Model: backbone → add-on 1×1 convs ending in a sigmoid → latent map z `[B, h, w, D]` →
-squared L2 distance from every latent patch to each of P = K·M class-owned prototypes →
-minimum over patches → similarity log((d + 1) / (d + ε)) → a bias-free last layer initialised
-to 1 for a prototype's own class and −0.5 for the others.
+Model (`protojax.nn.protopnet`): backbone → sigmoid add-ons → latent map z `[B, h, w, D]` →
+squared L2 distances to P = K·M class-owned prototypes → minimum over patches → similarity
+log((d + 1) / (d + ε)) → a bias-free last layer (1 to the own class, −0.5 to the others).
 
 Loss: CE + 0.8·cluster − 0.08·separation + 1e-4·L1 on the wrong-class weights (the costs
-are shared kernels, `protojax.prototypes.costs`, re-exported here).
+are shared kernels, `protojax.prototypes.costs`).
 
-Stages (the official `main.py`), counted in ProtoPNet epochs (`config.train.epochs` of them):
+Stages (the official `main.py`, planned by `protojax.prototypes.schedule`), counted in ProtoPNet
+epochs (`config.train.epochs` of them):
 - epochs `< warm_epochs`: warm-up, add-ons and prototypes only (Adam, own state);
 - later epochs: joint, everything but the last layer; StepLR(5, 0.1) stepped before each
   joint epoch, so the first decay comes after 4 joint epochs;
@@ -44,9 +44,7 @@ from __future__ import annotations
 import functools
 import math
 import pathlib
-from typing import NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,41 +52,17 @@ import numpy as np
 from protojax.config import ConfigDict, compute_dtype
 from protojax.data.base import Dataset
 from protojax.errors import UsageError
-from protojax.explain.prototypes import (
-    Explained,
-    prototype_sources,
-    save_prototype_pngs,
-    self_activation_maps,
-    write_this_looks_like_that,
-)
+from protojax.explain import prototypes as views
 from protojax.explain.prp import protopnet_relevance, prp_score
-from protojax.methods.common import (
-    accuracy,
-    class_logit,
-    class_probability,
-    cross_entropy,
-)
-from protojax.nn import backbone_by_name, feature_channels
-from protojax.nn.add_on import AddOnLayers, add_on_widths
+from protojax.methods.common import ClassTargets, accuracy, accuracy_on_test, cross_entropy, pick
+from protojax.nn.add_on import add_on_widths
+from protojax.nn.protopnet import Activations, ProtoPNetModule
 from protojax.nn.receptive_field import receptive_field_boxes
-from protojax.nn.weights import load_backbone
-from protojax.prototypes import layer, log_similarity, min_over_patches, squared_l2_distances
-from protojax.prototypes.costs import (
-    average_separation,
-    cluster_cost,
-    l1_wrong_class,
-    separation_cost,
-)
-from protojax.prototypes.projection import (
-    NearestState,
-    ProjectionState,
-    nearest_images,
-    project,
-)
+from protojax.nn.weights import load_configured_backbone
+from protojax.prototypes import costs, layer, log_similarity, projection
+from protojax.prototypes.schedule import stage_plan
 from protojax.train import optim
 from protojax.train.protocol import Method, Phase
-
-PROTOTYPE_IMAGES = "prototypes"
 
 
 def default_model_config() -> ConfigDict:
@@ -148,115 +122,13 @@ def default_optim_config() -> ConfigDict:
     )
 
 
-class ProtoPNetModule(nn.Module):
-    """Images `[B, H, W, C]` → (logits `[B, K]`, min distances `[B, P]`)."""
-
-    arch: str
-    stem: str
-    num_classes: int
-    prototypes_per_class: int
-    prototype_dim: int
-    add_on_kind: str = "regular"
-    epsilon: float = 1e-4
-    incorrect_class_connection: float = -0.5
-    dtype: jnp.dtype = jnp.float32
-
-    def setup(self):
-        num_prototypes = self.num_classes * self.prototypes_per_class
-        widths = add_on_widths(self.add_on_kind, feature_channels(self.arch), self.prototype_dim)
-        self.backbone = backbone_by_name(self.arch, stem=self.stem, dtype=self.dtype)
-        self.add_on = AddOnLayers(tuple(widths), dtype=self.dtype)
-        self.prototypes = self.param(
-            "prototypes", nn.initializers.uniform(1.0), (num_prototypes, self.prototype_dim)
-        )
-        self.last_layer = layer.LastLayer(
-            self.num_classes, self.prototypes_per_class, self.incorrect_class_connection
-        )
-
-    def latent(self, images: jax.Array, *, train: bool = False) -> jax.Array:
-        """The add-on output z `[B, h, w, D]` float32."""
-        return self.add_on(self.backbone(images, train=train))
-
-    def latent_logits(self, images: jax.Array) -> jax.Array:
-        """The add-on output before its sigmoid `[B, h, w, D]`, in inference mode."""
-        return self.add_on(self.backbone(images, train=False), logits=True)
-
-    def distance_map(self, images: jax.Array, *, train: bool = False):
-        """(z `[B, h, w, D]`, squared distances `[B, h, w, P]`)."""
-        latent = self.latent(images, train=train)
-        return latent, squared_l2_distances(latent, self.prototypes)
-
-    def classify(self, min_distances: jax.Array, active: jax.Array) -> jax.Array:
-        """Logits `[B, K]` from min distances `[B, P]`; inactive prototypes contribute 0."""
-        return self.last_layer(log_similarity(min_distances, eps=self.epsilon), active)
-
-    def head(self, feature_map: jax.Array, active: jax.Array) -> jax.Array:
-        """Logits `[B, K]` from the backbone's map `[B, h, w, c]` (for Grad-CAM)."""
-        latent = self.add_on(feature_map)
-        distances = squared_l2_distances(latent, self.prototypes)
-        return self.classify(min_over_patches(distances)[0], active)
-
-    def __call__(self, images: jax.Array, active: jax.Array, *, train: bool = False):
-        _, distances = self.distance_map(images, train=train)
-        min_distances, _ = min_over_patches(distances)
-        return self.classify(min_distances, active), min_distances
+# Where each push writes its prototypes' PNGs, under the run's figures folder.
+PROTOTYPE_IMAGES = "prototypes"
 
 
-class Activations(NamedTuple):
-    """What the model sees in images `[B, H, W, C]`.
+class ProtoPNet(ClassTargets, Method):
+    """ProtoPNet under the method protocol (see the module docstring)."""
 
-    Attributes:
-      logits: `[B, K]`.
-      similarities: `[B, P]` similarity of each prototype's nearest patch.
-      similarity_maps: `[B, h, w, P]` similarity of each prototype at every latent location.
-    """
-
-    logits: jax.Array
-    similarities: jax.Array
-    similarity_maps: jax.Array
-
-
-class Stage(NamedTuple):
-    """One run of consecutive epochs of a kind (`warm`, `joint`, `last`, `prune_last`),
-    counted in ProtoPNet epochs, and whether a push (or pruning) follows it."""
-
-    kind: str
-    epochs: int
-    push_after: bool = False
-    prune_after: bool = False
-
-
-def stage_plan(model: ConfigDict, epochs: int) -> list[Stage]:
-    """The official schedule: warm, joint, and after every push epoch the last-layer epochs.
-
-    Args:
-      model: the `config.model` section.
-      epochs: ProtoPNet epochs (warm + joint; last-layer epochs come on top).
-    """
-    if epochs < 1:
-        raise UsageError(f"train.epochs must be at least 1, got {epochs}.")
-    stages: list[Stage] = []
-    for epoch in range(epochs):
-        kind = "warm" if epoch < model.warm_epochs else "joint"
-        if stages and stages[-1].kind == kind and not stages[-1].push_after:
-            stages[-1] = stages[-1]._replace(epochs=stages[-1].epochs + 1)
-        else:
-            stages.append(Stage(kind, 1))
-        if epoch >= model.push_start and epoch % model.push_every == 0:
-            stages[-1] = stages[-1]._replace(push_after=True)
-            stages.append(Stage("last", model.last_layer_epochs))
-    if model.prune.enabled:
-        if stages[-1].kind != "last":
-            raise UsageError(
-                "Pruning follows a push and its last-layer epochs, but the run ends with "
-                f"{stages[-1].kind} epochs; set train.epochs to push_start + n·push_every + 1."
-            )
-        stages[-1] = stages[-1]._replace(prune_after=True)
-        stages.append(Stage("prune_last", model.prune.last_layer_epochs))
-    return stages
-
-
-class ProtoPNet(Method):
     name = "protopnet"
 
     def __init__(self, config: ConfigDict, dataset: Dataset):
@@ -286,7 +158,6 @@ class ProtoPNet(Method):
         )
         self._latent_map = jax.jit(self._latent)
         self._activations = jax.jit(self._activations_impl)
-        self._self_activations = jax.jit(self._self_activations_impl)
 
     # --- protocol ----------------------------------------------------------------------
     def init(self, rng, batch):
@@ -298,12 +169,7 @@ class ProtoPNet(Method):
         return variables
 
     def load_pretrained(self, variables):
-        m = self.config.model
-        if not m.backbone_weights:
-            return variables
-        return load_backbone(
-            variables, m.backbone_weights, arch=m.backbone, allow_random_init=m.allow_random_init
-        )
+        return load_configured_backbone(variables, self.config.model)
 
     def loss(self, params, state, batch, rng, phase):
         del rng
@@ -319,20 +185,19 @@ class ProtoPNet(Method):
         )
         labels, valid = batch["label"], batch["valid"]
         classes = prototype_state["prototype_class"]
+        by_class = (min_distances, labels, classes, active)
         terms = {
             "cross_entropy": cross_entropy(logits, labels, valid),
-            "cluster": cluster_cost(min_distances, labels, classes, active, valid=valid),
-            "separation": separation_cost(min_distances, labels, classes, active, valid=valid),
-            "l1": l1_wrong_class(params["last_layer"]["kernel"], classes, active),
+            "cluster": costs.cluster_cost(*by_class, valid=valid),
+            "separation": costs.separation_cost(*by_class, valid=valid),
+            "l1": costs.l1_wrong_class(params["last_layer"]["kernel"], classes, active),
         }
         coefs = self.config.model.coefs
         total = sum(coefs[name] * value for name, value in terms.items())
         metrics = {
             "loss": total,
             **terms,
-            "average_separation": average_separation(
-                min_distances, labels, classes, active, valid=valid
-            ),
+            "average_separation": costs.average_separation(*by_class, valid=valid),
             "accuracy": accuracy(logits, labels, valid),
         }
         return total, (metrics, {**state, **updates})
@@ -421,9 +286,7 @@ class ProtoPNet(Method):
             ),
         )
         return {
-            "class_logit": partial(self._class_logit, variables),
-            "class_probability": partial(self._class_probability, variables),
-            "embedding": partial(self.embed, variables),
+            **self.class_targets(variables),
             "prp": prp,
             "prototype_similarity": partial(self._prototype_similarity, variables),
             "prototype_similarity_at": partial(self._prototype_similarity_at, variables),
@@ -437,62 +300,40 @@ class ProtoPNet(Method):
         return {"active_prototypes": int(np.sum(variables["prototype_state"]["active"]))}
 
     # --- targets -----------------------------------------------------------------------
-    def _class_logit(self, variables, images, classes):
-        return class_logit(self.predict, variables, images, classes)
-
-    def _class_probability(self, variables, images, classes):
-        return class_probability(self.predict, variables, images, classes)
+    def _apply(self, variables, *args, method):
+        return self.net.apply(layer.model_collections(variables), *args, method=method)
 
     def _similarity_maps(self, variables, images):
-        _, distances = self.net.apply(
-            layer.model_collections(variables), images, method=ProtoPNetModule.distance_map
-        )
-        return log_similarity(distances, eps=self.config.model.epsilon)  # [B, h, w, P]
+        return self._apply(variables, images, method=ProtoPNetModule.similarity_maps)
 
     def _prototype_similarity(self, variables, images, prototypes):
         maps = self._similarity_maps(variables, images)
-        per_prototype = jnp.max(maps, axis=(1, 2))  # [B, P]
-        return jnp.take_along_axis(per_prototype, prototypes[:, None].astype(jnp.int32), 1)[:, 0]
+        return pick(jnp.max(maps, axis=(1, 2)), prototypes)  # max over patches of [B, h, w, P]
 
     def _prototype_similarity_at(self, variables, images, targets):
         maps = self._similarity_maps(variables, images)
-        rows = jnp.arange(images.shape[0])
         targets = targets.astype(jnp.int32)
-        return maps[rows, targets[:, 1], targets[:, 2], targets[:, 0]]
+        return maps[jnp.arange(images.shape[0]), targets[:, 1], targets[:, 2], targets[:, 0]]
 
     def _features(self, variables, images):
-        return self.net.apply(
-            layer.model_collections(variables), images, method=lambda net, x: net.backbone(x)
-        )
+        return self._apply(variables, images, method=ProtoPNetModule.features)
 
     def _head(self, variables, feature_map, classes):
-        active = variables["prototype_state"]["active"]
-        logits = self.net.apply(
-            layer.model_collections(variables), feature_map, active, method=ProtoPNetModule.head
+        active = variables[layer.STATE]["active"]
+        return pick(
+            self._apply(variables, feature_map, active, method=ProtoPNetModule.head), classes
         )
-        return jnp.take_along_axis(logits, classes[:, None].astype(jnp.int32), axis=1)[:, 0]
 
     def _latent_logits(self, variables, images):
-        return self.net.apply(
-            layer.model_collections(variables), images, method=ProtoPNetModule.latent_logits
-        )
+        return self._apply(variables, images, method=ProtoPNetModule.latent_logits)
 
     def _latent(self, variables, images):
-        return self.net.apply(
-            layer.model_collections(variables), images, method=ProtoPNetModule.latent
-        )
+        return self._apply(variables, images, method=ProtoPNetModule.latent)
 
     # --- analysis ----------------------------------------------------------------------
     def _activations_impl(self, variables, images):
-        collections = layer.model_collections(variables)
-        _, distances = self.net.apply(collections, images, method=ProtoPNetModule.distance_map)
-        min_distances, _ = min_over_patches(distances)
-        active = variables["prototype_state"]["active"]
-        logits = self.net.apply(collections, min_distances, active, method=ProtoPNetModule.classify)
-        eps = self.config.model.epsilon
-        return Activations(
-            logits, log_similarity(min_distances, eps=eps), log_similarity(distances, eps=eps)
-        )
+        active = variables[layer.STATE]["active"]
+        return self._apply(variables, images, active, method=ProtoPNetModule.activations)
 
     def activations(self, variables, images) -> Activations:
         """Logits, similarities and similarity maps of images `[B, H, W, C]` (jitted)."""
@@ -507,16 +348,20 @@ class ProtoPNet(Method):
         return receptive_field_boxes(latent, self.image_shape, cache_key=key)
 
     # --- push --------------------------------------------------------------------------
-    def project(self, variables, ctx) -> ProjectionState:
+    def project(self, variables, ctx) -> projection.ProjectionState:
         """The nearest latent patch of each prototype's class over an ordered pass of the
         training split; memory is that of one batch."""
-        size = self.pass_batch_size(ctx.mesh.devices.size)
-        return project(
+        return projection.project(
             functools.partial(self._latent_map, variables),
             variables["params"]["prototypes"],
             variables[layer.STATE]["prototype_class"],
-            functools.partial(ctx.reduce, split="train", batch_size=size),
+            self._train_pass(ctx),
         )
+
+    def _train_pass(self, ctx):
+        """`ctx.reduce` over the training split in batches of `pass_batch_size`."""
+        size = self.pass_batch_size(ctx.mesh.devices.size)
+        return functools.partial(ctx.reduce, split="train", batch_size=size)
 
     def pass_batch_size(self, num_devices: int) -> int:
         """The batch of push and pruning passes: `model.push_batch_size` rounded up to a
@@ -527,20 +372,16 @@ class ProtoPNet(Method):
         """The `after` operation of a push epoch: projects the prototypes, tests before and
         after, records the first push's accuracies and writes the prototype images."""
         history = list(ctx.records.get("push_history", []))
-        has_test = "test" in ctx.dataset.splits
-        before = ctx.evaluate(variables, "test") if has_test else None
-        projection = self.project(variables, ctx)
-        variables = layer.apply_projection(variables, projection)
-        after = ctx.evaluate(variables, "test") if has_test else None
-        distances = np.asarray(projection.distance)
-        found = np.isfinite(distances)  # false for classes without a training image
+        before = accuracy_on_test(ctx, variables)
+        pushed = self.project(variables, ctx)
+        variables = layer.apply_projection(variables, pushed)
+        after = accuracy_on_test(ctx, variables)
         entry = {
             "push": len(history) + 1,
             "step": ctx.step,
             "test_accuracy_before_push": before,
             "test_accuracy_after_push": after,
-            "prototypes_pushed": int(found.sum()),
-            "mean_push_distance": float(distances[found].mean()) if found.any() else None,
+            **projection.push_statistics(pushed),
         }
         if not history:
             ctx.record("test_accuracy_before_push", before)
@@ -557,13 +398,12 @@ class ProtoPNet(Method):
         active = variables[layer.STATE]["active"]
         return self.net.apply(layer.model_collections(variables), images, active)[1]
 
-    def nearest_images(self, variables, ctx, *, k: int) -> NearestState:
+    def nearest_images(self, variables, ctx, *, k: int) -> projection.NearestState:
         """The k nearest training images (through their nearest patch) of every prototype."""
-        size = self.pass_batch_size(ctx.mesh.devices.size)
-        return nearest_images(
+        return projection.nearest_images(
             jax.tree_util.Partial(self._min_distances, variables),
             self.num_prototypes,
-            functools.partial(ctx.reduce, split="train", batch_size=size),
+            self._train_pass(ctx),
             k=k,
         )
 
@@ -571,27 +411,22 @@ class ProtoPNet(Method):
         """The `after` operation that switches off the prototypes with fewer than
         `prune.threshold` of their `prune.k` nearest training images in their own class."""
         settings = self.config.model.prune
-        prototype_state = variables["prototype_state"]
-        has_test = "test" in ctx.dataset.splits
-        before = ctx.evaluate(variables, "test") if has_test else None
+        state = variables[layer.STATE]
+        before = accuracy_on_test(ctx, variables)
         nearest = self.nearest_images(variables, ctx, k=settings.k)
-        own = np.sum(
-            np.asarray(nearest.label) == np.asarray(prototype_state["prototype_class"])[:, None],
-            axis=1,
+        active = np.asarray(state["active"])
+        pruned = projection.prune_mask(
+            nearest.label, state["prototype_class"], active, threshold=settings.threshold
         )
-        active = np.asarray(prototype_state["active"])
-        pruned = active & (own < settings.threshold)
         variables = layer.with_active(variables, active & ~pruned)
-        after = ctx.evaluate(variables, "test") if has_test else None
+        tested = {
+            "test_accuracy_before_prune": before,
+            "test_accuracy_after_prune": accuracy_on_test(ctx, variables),
+        }
         ctx.record("pruned_prototypes", [int(j) for j in np.flatnonzero(pruned)])
-        ctx.record("test_accuracy_before_prune", before)
-        ctx.record("test_accuracy_after_prune", after)
-        ctx.log(
-            event="prune",
-            pruned=int(pruned.sum()),
-            test_accuracy_before_prune=before,
-            test_accuracy_after_prune=after,
-        )
+        for key, value in tested.items():
+            ctx.record(key, value)
+        ctx.log(event="prune", pruned=int(pruned.sum()), **tested)
         return variables
 
     # --- visual bookkeeping ------------------------------------------------------------
@@ -605,7 +440,7 @@ class ProtoPNet(Method):
         sources = self.prototype_sources(variables, ctx.dataset.split("train"), batch_size=size)
         if not ctx.is_main:
             return directory / "index.json"
-        return save_prototype_pngs(
+        return views.save_prototype_pngs(
             directory,
             sources,
             jax.device_get(variables[layer.STATE]),
@@ -620,22 +455,14 @@ class ProtoPNet(Method):
         (`explain.prototypes.PrototypeSources`), read from the training split."""
         from protojax.data.pipeline import normalize
 
-        return prototype_sources(
-            functools.partial(self.self_activations, variables),
+        maps = jax.tree_util.Partial(self._similarity_maps, variables)
+        return views.prototype_sources(
+            functools.partial(views.upsampled_self_activations, maps),
             train_split.get_batch,
             functools.partial(normalize, mode=self.config.data.normalization),
             np.asarray(variables[layer.STATE]["source_index"]),
             batch_size=batch_size,
         )
-
-    def self_activations(self, variables, images, prototype_ids) -> jax.Array:
-        """Similarity maps of prototypes `prototype_ids [n]` on `images [n, H, W, C]` (one
-        prototype per image, model-normalised), upsampled bicubically to `[n, H, W]`."""
-        return self._self_activations(variables, jnp.asarray(images), prototype_ids)
-
-    def _self_activations_impl(self, variables, images, prototype_ids):
-        maps = self._activations_impl(variables, images).similarity_maps
-        return self_activation_maps(maps, prototype_ids, tuple(images.shape[1:3]))
 
 
 def build(config: ConfigDict, dataset: Dataset) -> ProtoPNet:
@@ -644,28 +471,21 @@ def build(config: ConfigDict, dataset: Dataset) -> ProtoPNet:
 
 def own_explanation(method, variables, config, dataset, *, split, indices, out):
     """The explain launcher's hook: "this looks like that" for images `indices` of `split`
-    and the class galleries (`explain.prototypes.write_this_looks_like_that`)."""
+    and the class galleries (`explain.prototypes.explain_images`)."""
     from protojax.data.pipeline import normalize
 
-    state = jax.device_get(variables[layer.STATE])
-    if not np.any(state["source_index"] >= 0):
-        raise UsageError(
-            "This run has not pushed its prototypes yet, so they are not training patches; "
-            "explain a run that has passed its first push epoch."
-        )
-    batch_size = max(1, min(config.data.eval_batch_size, 64))
     raw = dataset.split(split).get_batch(np.asarray(indices))
-    parts = [
-        method.activations(variables, normalize(raw["image"][i : i + batch_size],
-                                                config.data.normalization))
-        for i in range(0, len(indices), batch_size)
-    ]  # fmt: skip
-    logits, sims, maps = (np.concatenate([np.asarray(p[n]) for p in parts]) for n in range(3))
-    kernel = np.asarray(variables["params"]["last_layer"]["kernel"])
-    explained = Explained(raw["image"], np.asarray(indices), raw["label"], logits, sims, kernel,
-                          state["active"], state["prototype_class"])  # fmt: skip
-    sources = method.prototype_sources(variables, dataset.split("train"), batch_size=batch_size)
-    return write_this_looks_like_that(
-        out, explained, maps, sources, class_names=dataset.class_names,
+    batch_size = max(1, min(config.data.eval_batch_size, 64))
+    return views.explain_images(
+        out,
+        lambda images: method.activations(variables, normalize(images, config.data.normalization)),
+        raw["image"],
+        indices,
+        raw["label"],
+        variables["params"]["last_layer"]["kernel"],
+        jax.device_get(variables[layer.STATE]),
+        method.prototype_sources(variables, dataset.split("train"), batch_size=batch_size),
+        class_names=dataset.class_names,
         prototypes_per_class=method.prototypes_per_class,
-    )  # fmt: skip
+        batch_size=batch_size,
+    )

@@ -1,10 +1,11 @@
 """ProtoVAE (Gautam et al., NeurIPS 2022): a VAE whose latent space holds class prototypes.
 
-The encoder maps an image to (μ, log σ²); z = μ is compared with M prototypes per class by
-Euclidean (not squared) distance, turned into similarities log((d + 1) / (d + 1e-4)), and the
-shared prototype layer (`protojax.prototypes.layer`: a bias-free last layer, 1 to the own
-class and −0.5 elsewhere) classifies the similarities. The decoder reconstructs the image from
-z and shows every prototype as an image. The loss is
+The network (`protojax.nn.protovae`): the encoder maps an image to (μ, log σ²); z = μ is
+compared with M prototypes per class by Euclidean (not squared) distance, turned into
+similarities log((d + 1) / (d + 1e-4)), and the shared prototype layer
+(`protojax.prototypes.layer`: a bias-free last layer, 1 to the own class and −0.5 elsewhere)
+classifies the similarities. The decoder reconstructs the image from z and shows every
+prototype as an image. The loss is
 
     L = w_ce·CE + w_rec·MSE(decoder(z), x) + w_kl·KL-to-class-prototypes + w_orth·orthonormality
 
@@ -33,9 +34,7 @@ Every departure from the official code is listed in docs/fidelity.md.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,16 +44,11 @@ from protojax.data.base import Dataset
 from protojax.errors import UsageError
 from protojax.explain import figures
 from protojax.explain.prp import protovae_relevance, prp_score
-from protojax.methods.common import (
-    accuracy,
-    class_logit,
-    class_probability,
-    cross_entropy,
-    masked_mean,
-)
-from protojax.nn.vae import DECODERS, ENCODERS, Decoder, Encoder, vae_arch
+from protojax.methods.common import ClassTargets, accuracy, cross_entropy, masked_mean, pick
+from protojax.nn.protovae import ProtoVAENet
+from protojax.nn.vae import vae_arch
 from protojax.prototypes import layer
-from protojax.prototypes.distances import l2_distances, log_similarity, squared_l2_distances
+from protojax.prototypes.distances import squared_l2_distances
 from protojax.prototypes.diversity import (
     ORTHONORMALITY_FORMS,
     orthonormality_loss,
@@ -65,82 +59,6 @@ from protojax.train.protocol import Method, Phase
 
 # ProtoVAE's relevance seed ε in 1 / ((μ − p)² + ε) (the official `prp.py`).
 PRP_EPS = 1e-4
-
-
-class Outputs(NamedTuple):
-    """What one forward pass gives: μ, log σ², z `[B, d]`; similarities `[B, P]`; logits
-    `[B, K]`; reconstruction `[B, H, W, C]` in (−1, 1)."""
-
-    mu: jax.Array
-    logvar: jax.Array
-    z: jax.Array
-    similarities: jax.Array
-    logits: jax.Array
-    reconstruction: jax.Array
-
-
-class ProtoVAENet(nn.Module):
-    """Encoder, prototypes `[P, d]` ~ N(0, 1) (prototype j belongs to class j // M), the
-    similarity layer, the shared last layer and the decoder. Every method takes the
-    prototypes' `active [P]` flags; inactive prototypes contribute nothing to the logits."""
-
-    arch: str
-    latent_dim: int
-    num_classes: int
-    prototypes_per_class: int
-    image_channels: int
-    similarity_eps: float = 1e-4
-    dtype: jnp.dtype = jnp.float32
-
-    def setup(self):
-        num_prototypes = self.num_classes * self.prototypes_per_class
-        self.encoder = Encoder(ENCODERS[self.arch], self.latent_dim, self.dtype)
-        self.decoder = Decoder(DECODERS[self.arch], self.image_channels, self.dtype)
-        self.prototypes = self.param(
-            "prototypes", nn.initializers.normal(1.0), (num_prototypes, self.latent_dim)
-        )
-        self.last_layer = layer.LastLayer(self.num_classes, self.prototypes_per_class)
-
-    def __call__(
-        self,
-        images: jax.Array,
-        active: jax.Array,
-        *,
-        train: bool,
-        noise_rng: jax.Array | None = None,
-    ) -> Outputs:
-        """`images [B, H, W, C]`; `noise_rng` samples z = μ + σ·ε, otherwise z = μ."""
-        mu, logvar = self.encoder(images, train=train)
-        z = mu
-        if noise_rng is not None:
-            z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(noise_rng, mu.shape)
-        similarities = self.similarities(z)
-        return Outputs(
-            mu,
-            logvar,
-            z,
-            similarities,
-            self.last_layer(similarities, active),
-            self.decoder(z, train=train),
-        )
-
-    def similarities(self, z: jax.Array) -> jax.Array:
-        """`[B, d]` → `[B, P]`: log((‖z − p‖ + 1) / (‖z − p‖ + eps))."""
-        return log_similarity(l2_distances(z, self.prototypes), eps=self.similarity_eps)
-
-    def infer(self, images: jax.Array, active: jax.Array) -> tuple[jax.Array, ...]:
-        """Inference without the decoder: (μ `[B, d]`, similarities `[B, P]`, logits `[B, K]`)."""
-        mu, _ = self.encoder(images, train=False)
-        similarities = self.similarities(mu)
-        return mu, similarities, self.last_layer(similarities, active)
-
-    def encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(μ, log σ²) `[B, d]` in inference mode."""
-        return self.encoder(images, train=False)
-
-    def decode(self, z: jax.Array) -> jax.Array:
-        """z `[B, d]` → images `[B, H, W, C]` in (−1, 1), in inference mode."""
-        return self.decoder(z, train=False)
 
 
 def kl_to_class_prototypes(
@@ -238,7 +156,7 @@ def default_optim_config() -> ConfigDict:
     return ConfigDict({"lr": 1e-3})
 
 
-class ProtoVAE(Method):
+class ProtoVAE(ClassTargets, Method):
     """ProtoVAE under the method protocol (see the module docstring)."""
 
     name = "protovae"
@@ -386,24 +304,14 @@ class ProtoVAE(Method):
             protovae_relevance(variables["params"]["prototypes"], epsilon=PRP_EPS),
         )
         return {
-            "class_logit": jax.tree_util.Partial(self._class_logit, variables),
-            "class_probability": jax.tree_util.Partial(self._class_probability, variables),
-            "embedding": jax.tree_util.Partial(self.embed, variables),
+            **self.class_targets(variables),
             "prp": prp,
             "prototype_similarity": jax.tree_util.Partial(self._prototype_similarity, variables),
             "latent_similarity": jax.tree_util.Partial(self._latent_similarity, variables),
         }
 
-    def _class_logit(self, variables, images, classes):
-        return class_logit(self.predict, variables, images, classes)
-
-    def _class_probability(self, variables, images, classes):
-        return class_probability(self.predict, variables, images, classes)
-
     def _prototype_similarity(self, variables, images, prototypes):
-        similarities = self._infer(variables, images)[1]
-        picks = prototypes[:, None].astype(jnp.int32)
-        return jnp.take_along_axis(similarities, picks, axis=1)[:, 0]
+        return pick(self._infer(variables, images)[1], prototypes)
 
     def _latent_similarity(self, variables, images, prototypes):
         mu = self.embed(variables, images)
@@ -514,9 +422,7 @@ def build(config: ConfigDict, dataset: Dataset) -> ProtoVAE:
 
 
 __all__ = [
-    "Outputs",
     "ProtoVAE",
-    "ProtoVAENet",
     "build",
     "kl_to_class_prototypes",
     "orthonormality_loss",

@@ -16,6 +16,10 @@ one (`protojax.nn.weights`):
 - `small_cnn`, `small_cnn_wide`: small CNNs for 28–64 px images, trained from scratch.
 
 Each family's file documents its layer names for `return_layers` and its variable names.
+
+The methods' networks are here too, one file each (`protopnet`, `protovae` with `vae`,
+`infodisent`, `flint`, and ProtoPNet's `add_on` layers); `BackboneNet` is the base of a
+classifier on a named backbone.
 """
 
 from __future__ import annotations
@@ -137,6 +141,20 @@ def backbone_by_name(
     )
 
 
+class BackboneNet(nn.Module):
+    """The fields and the `backbone` submodule of a classifier on a named backbone; a
+    subclass's `setup` calls `super().setup()` and adds its head. The submodule is named
+    `backbone` in every model, so that one run's backbone weights can seed another's."""
+
+    backbone_name: str
+    stem: str
+    num_classes: int
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        self.backbone = backbone_by_name(self.backbone_name, stem=self.stem, dtype=self.dtype)
+
+
 def feature_channels(name: str) -> int:
     """Channels `c` of the final map `[B, h, w, c]` of backbone `name`."""
     return _entry(name).channels
@@ -154,6 +172,7 @@ def normalization(name: str) -> Normalization:
 
 __all__ = [
     "IMAGENET",
+    "BackboneNet",
     "INCEPTION",
     "VGG",
     "ConvNeXt",

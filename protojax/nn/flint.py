@@ -4,7 +4,7 @@
 Four parts: the predictor f (a classifier that also returns the hidden maps named in
 `return_layers`), the attribute function Φ reading one or two of those maps, and the decoder
 d reconstructing the image from Φ(x). (The interpreter h, a dropout and a linear layer, is
-built with the method.) `flint_architecture(name)` gives the official triple:
+built with them in `FlintNet`.) `flint_architecture(name)` gives the official triple:
 
 - `mnist` (MNIST, fMNIST): f = `SmallPredictor` (Net2_MNIST_old); Φ = `ConvAttributes`
   (attr_MNIST) on its `features` map; d = `MnistDecoder` (decode_MNIST).
@@ -316,11 +316,78 @@ def flint_architecture(
     raise UsageError(f"Unknown FLINT architecture '{name}'; use one of {', '.join(ARCHITECTURES)}.")
 
 
+class FlintOutput(NamedTuple):
+    logits: jax.Array  # f(x) [B, K]
+    embedding: jax.Array  # f's penultimate features [B, d]
+    attributes: jax.Array  # Φ(x) [B, J]
+    interpreter_logits: jax.Array  # h(Φ(x)) [B, K]
+    reconstruction: jax.Array  # d(Φ(x)) [B, H, W, C]
+
+
+class Interpreter(nn.Module):
+    """h: dropout 0.01, then Linear(J → K) with a bias (the official `explainer`)."""
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, attributes: jax.Array, *, train: bool = False) -> jax.Array:
+        x = nn.Dropout(0.01, deterministic=not train)(attributes)
+        return dense(self.num_classes, attributes.shape[-1], name="fc1")(x)
+
+
+class FlintNet(nn.Module):
+    """FLINT's four parts, f, Φ, h and d, on images `[B, H, W, C]`."""
+
+    arch: str
+    num_classes: int
+    num_attributes: int
+    image_shape: tuple[int, int, int]
+
+    def setup(self):
+        parts = flint_architecture(
+            self.arch,
+            num_classes=self.num_classes,
+            num_attributes=self.num_attributes,
+            image_shape=self.image_shape,
+        )
+        self.predictor, self.attributes, self.decoder = parts
+        self.interpreter = Interpreter(self.num_classes)
+
+    def __call__(self, images: jax.Array, *, train: bool = False) -> FlintOutput:
+        f = self.predictor(images, train=train)
+        phi = self.attributes(list(f.layers.values()))
+        return FlintOutput(
+            f.logits,
+            f.embedding,
+            phi,
+            self.interpreter(phi, train=train),
+            self.decoder(phi),
+        )
+
+    def predict(self, images: jax.Array) -> jax.Array:
+        return self.predictor(images).logits
+
+    def embed(self, images: jax.Array) -> jax.Array:
+        return self.predictor(images).embedding
+
+    def attribute_values(self, images: jax.Array) -> jax.Array:
+        return self.attributes(list(self.predictor(images).layers.values()))
+
+    def analyse(self, images: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(f logits, h logits, Φ) in inference mode."""
+        f = self.predictor(images)
+        phi = self.attributes(list(f.layers.values()))
+        return f.logits, self.interpreter(phi), phi
+
+
 __all__ = [
     "ARCHITECTURES",
     "Architecture",
     "ConvAttributes",
     "DenseDecoder",
+    "FlintNet",
+    "FlintOutput",
+    "Interpreter",
     "MnistDecoder",
     "MultiAttributes",
     "PlainBlock",

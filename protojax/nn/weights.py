@@ -586,3 +586,20 @@ def load_backbone(
         "point model.backbone_weights at a trained black-box workdir), or set "
         "model.allow_random_init=True to train from scratch."
     )
+
+
+def load_configured_backbone(
+    variables: Mapping[str, Any], model: Mapping[str, Any], source: str | None = None
+) -> Mapping[str, Any]:
+    """`load_backbone` as a method's `config.model` names it: `source` (by default
+    `model.backbone_weights`) into the `model.backbone` backbone, with
+    `model.allow_random_init`; the variables unchanged when there is no source."""
+    source = model["backbone_weights"] if source is None else source
+    if not source:
+        return variables
+    return load_backbone(
+        variables,
+        source,
+        arch=model["backbone"],
+        allow_random_init=model.get("allow_random_init", False),
+    )

@@ -1,8 +1,9 @@
 """Shared prototype kernels: distances and similarities, the prototype layer, projection
-(push), the part-prototype costs, k-means, diversity terms and measures, channels.
+(push), the part-prototype costs and push schedule, k-means, diversity terms and measures,
+channels.
 
-Submodules: `distances`, `layer`, `projection`, `costs`, `kmeans`, `centroids` (KMEx's class
-centroids), `diversity`, `channels`.
+Submodules: `distances`, `layer`, `projection`, `costs`, `schedule`, `kmeans`, `centroids`
+(KMEx's class centroids), `diversity`, `channels`.
 The distance, diversity and channel functions are also importable from the package itself.
 k-means is not: the function `kmeans` shares its module's name, so `protojax.prototypes.kmeans`
 is always the module, and the function is imported from it:
@@ -22,6 +23,7 @@ from protojax.prototypes import (
     kmeans,
     layer,
     projection,
+    schedule,
 )
 from protojax.prototypes.channels import MxPoolResult, mx_pool, orthogonal_unmixing
 from protojax.prototypes.distances import (
@@ -63,6 +65,7 @@ __all__ = [
     "orthogonal_unmixing",
     "orthonormality_loss",
     "projection",
+    "schedule",
     "prototype_diversity_entropy",
     "prototype_log_volume",
     "prototype_usage",

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from protojax.prototypes.distances import squared_l2_distances
 
@@ -232,3 +233,24 @@ def nearest_images(
     """
     step = lambda state, batch: _nearest_step(min_distances_fn, state, batch)
     return reduce(step, nearest_init(num_prototypes, k))
+
+
+def push_statistics(projection: ProjectionState) -> dict[str, int | float | None]:
+    """`prototypes_pushed` (those whose class has a training image) and their
+    `mean_push_distance` (None when none was pushed)."""
+    distances = np.asarray(projection.distance)
+    found = np.isfinite(distances)  # false for classes without a training image
+    return {
+        "prototypes_pushed": int(found.sum()),
+        "mean_push_distance": float(distances[found].mean()) if found.any() else None,
+    }
+
+
+def prune_mask(
+    nearest_labels: np.ndarray, prototype_class: np.ndarray, active: np.ndarray, *, threshold: int
+) -> np.ndarray:
+    """ProtoPNet's pruning rule (`prune.py`): the active prototypes with fewer than `threshold`
+    of their nearest training images (`nearest_labels [P, k]`, from `nearest_images`) in their
+    own class (`prototype_class [P]`); `[P]` bool."""
+    own = np.sum(np.asarray(nearest_labels) == np.asarray(prototype_class)[:, None], axis=1)
+    return np.asarray(active) & (own < threshold)

@@ -104,6 +104,16 @@ def sgd(lr: float, **kwargs) -> Optimizer:
     return Optimizer("sgd", lr, **kwargs)
 
 
+@dataclasses.dataclass(frozen=True)
+class NonNegativeOptimizer(Optimizer):
+    """An `Optimizer` followed by the clamp θ ≥ 0 after each step
+    (`optax.keep_params_nonnegative`: an update that would take an entry below 0 sets it to
+    0, projected gradient descent)."""
+
+    def __call__(self, steps_per_epoch: int) -> optax.GradientTransformation:
+        return optax.chain(super().__call__(steps_per_epoch), optax.keep_params_nonnegative())
+
+
 def param_labels(params, phase: Phase) -> dict:
     """Labels each parameter with the index of its first matching `trainable` regex, or
     FROZEN where a `frozen` regex matches it.

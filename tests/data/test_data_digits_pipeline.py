@@ -66,6 +66,20 @@ def test_training_stream_is_a_pure_function_of_seed_and_step():
     assert len(set(epoch0)) == 48
 
 
+def test_collect_returns_the_valid_rows_in_order():
+    split = _split(21)
+    rows = pipeline.collect(
+        split,
+        lambda batch: {"twice": 2 * batch["index"], "label": batch["label"]},
+        batch_size=8,
+        indices=np.array([20, 3, 7]),
+    )
+    np.testing.assert_array_equal(rows["twice"], [40, 6, 14])
+    np.testing.assert_array_equal(rows["label"], split.labels[[20, 3, 7]])
+    whole = pipeline.collect(split, lambda batch: batch["index"], batch_size=8)
+    np.testing.assert_array_equal(whole, np.arange(21))
+
+
 def test_ordered_pass_covers_every_example_once_with_padding():
     split = _split(21)
     batches = list(pipeline.ordered_batches(split, batch_size=8, normalization="symmetric"))

@@ -5,18 +5,24 @@ their index, and the figures."""
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from PIL import Image
 
+from protojax.errors import UsageError
 from protojax.explain import figures
 from protojax.explain.prototypes import (
+    PrototypeSources,
+    explain_images,
     high_activation_box,
     prototype_sources,
     save_prototype_pngs,
     self_activation_maps,
     top_contributions,
     upsample_activation,
+    upsampled_self_activations,
 )
 
 
@@ -53,6 +59,30 @@ def test_self_activation_maps_pick_each_images_prototype():
     got = np.asarray(self_activation_maps(jnp.asarray(maps), ids, (12, 12)))
     for n, j in enumerate(ids):
         np.testing.assert_allclose(got[n], upsample_activation(maps[n, :, :, j], (12, 12)))
+
+
+def _maps_of(scale, images):
+    return scale * images[:, :4, :4, :1] * jnp.arange(1, 6)  # [n, 4, 4, 5]
+
+
+def test_upsampled_self_activations_take_the_models_maps():
+    images = np.random.default_rng(3).normal(size=(3, 8, 8, 1)).astype(np.float32)
+    maps = jax.tree_util.Partial(_maps_of, jnp.float32(2.0))
+    ids = np.array([4, 0, 2])
+    got = upsampled_self_activations(maps, jnp.asarray(images), ids)
+    want = self_activation_maps(_maps_of(2.0, jnp.asarray(images)), ids, (8, 8))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_explain_images_refuses_a_run_that_has_not_pushed(tmp_path):
+    empty = np.zeros((0,), np.int64)
+    none = PrototypeSources(empty, empty, empty, empty, np.zeros((0, 4), np.int32))
+    state = {"active": np.ones(2, bool), "prototype_class": np.array([0, 1])}
+    with pytest.raises(UsageError, match="has not pushed"):
+        explain_images(
+            tmp_path, None, np.zeros((1, 4, 4, 1)), [0], [0], np.ones((2, 2)), state, none,
+            class_names=["a", "b"], prototypes_per_class=1, batch_size=1,
+        )  # fmt: skip
 
 
 def test_top_contributions_match_a_loop():

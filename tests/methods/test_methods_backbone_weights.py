@@ -18,8 +18,8 @@ from protojax.config import load_config, set_value
 from protojax.data.specs import describe
 from protojax.errors import CheckpointError, UsageError
 from protojax.methods import build_method
-from protojax.methods.protopnet import ProtoPNetModule
 from protojax.nn import backbone_by_name, feature_channels
+from protojax.nn.protopnet import ProtoPNetModule
 from protojax.nn.weights import flatten_variables, read_donor_backbone, save_variables
 from protojax.runs import train as train_run
 from protojax.train import make_data_mesh

@@ -10,7 +10,7 @@ import pytest
 from protojax.config import load_config, set_value
 from protojax.data.digits import load_digits
 from protojax.methods import build_method, flint
-from protojax.nn.flint import adaptive_avg_pool, conv_transpose, flint_architecture
+from protojax.nn.flint import FlintNet, adaptive_avg_pool, conv_transpose, flint_architecture
 from protojax.train import build_train_step, initial_state, make_data_mesh
 
 
@@ -226,7 +226,7 @@ def test_the_loss_weights_the_terms_by_the_phase():
 def test_the_official_networks_have_the_official_shapes(
     arch, shape, classes, attributes, embedding
 ):
-    net = flint.FlintNet(arch, classes, attributes, shape)
+    net = FlintNet(arch, classes, attributes, shape)
     images = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
     variables = jax.eval_shape(lambda x: net.init(jax.random.key(0), x), images)
     out = jax.eval_shape(lambda v, x: net.apply(v, x), variables, images)

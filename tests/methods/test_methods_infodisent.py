@@ -13,6 +13,8 @@ from protojax.config import load_config, set_value
 from protojax.data.digits import load_digits
 from protojax.errors import UsageError
 from protojax.methods import build_method, infodisent
+from protojax.nn.infodisent import ChannelUnmixing
+from protojax.prototypes.channels import orthogonal_unmixing
 from protojax.runs import load_workdir
 from protojax.runs import train as train_run
 from protojax.train import make_data_mesh
@@ -21,11 +23,11 @@ from protojax.train import make_data_mesh
 def test_unmixing_is_a_rotation_applied_per_pixel():
     d = 6
     a = 3 * np.random.default_rng(d).normal(size=(d, d)).astype(np.float32)
-    u = np.asarray(infodisent.orthogonal_unmixing(jnp.asarray(a)), np.float64)
+    u = np.asarray(orthogonal_unmixing(jnp.asarray(a)), np.float64)
     np.testing.assert_allclose(u.T @ u, np.eye(d), atol=2e-5)
     np.testing.assert_allclose(np.linalg.det(u), 1.0, atol=1e-4)
     features = np.random.default_rng(0).normal(size=(2, 3, 4, d)).astype(np.float32)
-    module = infodisent.ChannelUnmixing()
+    module = ChannelUnmixing()
     params = {"params": {"a": jnp.asarray(a)}}
     rotated = np.asarray(module.apply(params, jnp.asarray(features)))
     np.testing.assert_allclose(rotated, features @ u.T, rtol=1e-4, atol=1e-4)

@@ -10,7 +10,7 @@ import pytest
 from protojax.config import load_config, set_value
 from protojax.data.digits import load_digits
 from protojax.methods import build_method
-from protojax.methods.protopnet import cluster_cost, l1_wrong_class, separation_cost
+from protojax.prototypes.costs import cluster_cost, l1_wrong_class, separation_cost
 
 torch = pytest.importorskip("torch")
 

@@ -9,15 +9,15 @@ from protojax.config import load_config, set_value
 from protojax.data.specs import describe
 from protojax.errors import CheckpointError
 from protojax.methods import build_method
-from protojax.methods.protopnet import (
-    add_on_widths,
+from protojax.nn.add_on import add_on_widths
+from protojax.nn.weights import save_variables
+from protojax.prototypes.costs import (
     average_separation,
     cluster_cost,
     l1_wrong_class,
     separation_cost,
-    stage_plan,
 )
-from protojax.nn.weights import save_variables
+from protojax.prototypes.schedule import stage_plan
 from protojax.runs import train as train_run
 from protojax.train import optim
 

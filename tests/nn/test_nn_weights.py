@@ -15,6 +15,7 @@ from protojax.errors import CheckpointError, ProtojaxError, UsageError
 from protojax.nn.resnet import BasicBlock, ResNet
 from protojax.nn.weights import (
     flatten_variables,
+    load_configured_backbone,
     load_variables,
     save_variables,
     torch_state_dict_to_variables,
@@ -318,3 +319,26 @@ def test_donor_workdir_without_a_checkpoint_names_the_training_command(tmp_path)
         message = str(info.value)
         assert f"The run in {donor} has no checkpoint yet; train it first" in message
         assert f"--workdir={donor})" in message and "\n" not in message
+
+
+def test_load_configured_backbone_reads_the_model_section(tmp_path):
+    from protojax.nn import BackboneNet
+
+    class Features(BackboneNet):
+        def __call__(self, images):
+            return self.backbone(images)
+
+    net = Features("small_cnn", "imagenet", 3)
+    fresh = net.init(jax.random.key(0), jnp.zeros((1, 12, 12, 3)))
+    donor = net.init(jax.random.key(1), jnp.zeros((1, 12, 12, 3)))
+    path = tmp_path / "backbone.npz"
+    save_variables(path, {c: tree["backbone"] for c, tree in donor.items()})
+    model = {"backbone": "small_cnn", "backbone_weights": "", "allow_random_init": False}
+    assert load_configured_backbone(fresh, model) is fresh
+    loaded = load_configured_backbone(fresh, {**model, "backbone_weights": str(path)})
+    for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(donor), strict=True):
+        np.testing.assert_array_equal(got, want)
+    missing = {**model, "allow_random_init": True}
+    assert load_configured_backbone(fresh, missing, str(tmp_path / "none.npz")) is fresh
+    with pytest.raises(CheckpointError, match="No backbone weights"):
+        load_configured_backbone(fresh, model, str(tmp_path / "none.npz"))

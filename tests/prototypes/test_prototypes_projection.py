@@ -8,10 +8,13 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from protojax.prototypes.projection import (
+    ProjectionState,
     nearest_init,
     nearest_update,
     projection_init,
     projection_update,
+    prune_mask,
+    push_statistics,
 )
 from protojax.train import make_data_mesh
 
@@ -120,3 +123,26 @@ def test_nearest_matches_a_stable_sort(data):
         np.testing.assert_array_equal(state.index[j], order)
         np.testing.assert_array_equal(state.label[j], labels[order])
         np.testing.assert_array_equal(state.distance[j], min_distances[order, j])
+
+
+def test_prune_mask_counts_own_class_neighbours_like_a_loop():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 3, (9, 6))
+    classes = np.arange(9) // 3
+    active = rng.random(9) > 0.2
+    want = [bool(active[j]) and sum(int(c == classes[j]) for c in labels[j]) < 3 for j in range(9)]
+    np.testing.assert_array_equal(prune_mask(labels, classes, active, threshold=3), want)
+
+
+def test_push_statistics_skip_prototypes_without_a_patch():
+    def state(distance):
+        p = len(distance)
+        zeros = np.zeros(p, np.int32)
+        return ProjectionState(np.asarray(distance), zeros, np.zeros((p, 2)), np.zeros((p, 2)))
+
+    got = push_statistics(state([1.0, np.inf, 2.0, 4.5]))
+    assert got == {"prototypes_pushed": 3, "mean_push_distance": 2.5}
+    assert push_statistics(state([np.inf])) == {
+        "prototypes_pushed": 0,
+        "mean_push_distance": None,
+    }
