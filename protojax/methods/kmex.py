@@ -54,6 +54,7 @@ from protojax import config as config_lib
 from protojax.config import ConfigDict
 from protojax.data.base import Dataset
 from protojax.errors import UsageError
+from protojax.explain.prp import kmex_relevance, prp_score
 from protojax.methods import blackbox as blackbox_lib
 from protojax.methods import build_method, default_config, read_config, read_dataset
 from protojax.methods.common import class_logit, class_probability
@@ -315,15 +316,43 @@ class KMEx(Method):
         - `class_logit(images, classes [B])` and `class_probability(images, classes [B])`;
         - `embedding(images) -> [B, D]`, the source's embedding;
         - `prototype_similarity(images, prototypes [B])`: log((d + 1)/(d + 1e-4)) to centroid
-          `prototypes`, d Euclidean.
+          `prototypes`, d Euclidean;
+        - `prp(images, prototypes [B])`: `explain.prp.prp_score` of KMEx's latent relevance
+          (`explain.prp.kmex_relevance`, the official identity backward seeded with ones, so
+          the map is the same for every centroid), whose LRP (composite `prp`) is PRP through
+          the source's encoder. It starts at the embedding, or for a ProtoPNet source at the
+          add-on's pre-sigmoid latent, whose sigmoid passes relevance unchanged (as ProtoPNet's
+          own `prp` target).
         """
         partial = jax.tree_util.Partial
+        centroids = variables[STATE]["centroids"]
+        if self.source_name == "protopnet":
+            prp = partial(
+                prp_score,
+                partial(self._latent_logits, variables),
+                partial(_through_sigmoid, kmex_relevance(centroids), self.config.model.pool),
+            )
+        else:
+            prp = partial(prp_score, partial(self.embed, variables), kmex_relevance(centroids))
         return {
-            "class_logit": partial(class_logit, self.predict, variables),
-            "class_probability": partial(class_probability, self.predict, variables),
+            "class_logit": partial(self._class_logit, variables),
+            "class_probability": partial(self._class_probability, variables),
             "embedding": partial(self.embed, variables),
             "prototype_similarity": partial(self._prototype_similarity, variables),
+            "prp": prp,
         }
+
+    # The bound `predict` sits in the Partial's function, not its arguments: the explainers
+    # pass targets through `jit`, where every argument must be an array.
+    def _class_logit(self, variables, images, classes):
+        return class_logit(self.predict, variables, images, classes)
+
+    def _class_probability(self, variables, images, classes):
+        return class_probability(self.predict, variables, images, classes)
+
+    def _latent_logits(self, variables, images):
+        """A ProtoPNet source's add-on output before its sigmoid `[B, h, w, D]`."""
+        return self.source._latent_logits(self.source_variables(variables), images)
 
     def _prototype_similarity(self, variables, images, prototypes):
         chosen = variables[STATE]["centroids"][prototypes.astype(jnp.int32)]  # [B, D]
@@ -398,6 +427,21 @@ class KMEx(Method):
             title=f"KMEx prototypes: nearest training image of each centroid ({self.source_name})",
         )
         return [ctx.save_figure(fig, "kmex_prototypes.png")]
+
+
+def _through_sigmoid(relevance_fn, pool: str, logits, targets):
+    """The relevance at a ProtoPNet source's pre-sigmoid latent `[B, h, w, D]` of
+    `relevance_fn(embedding [B, E], targets)`: the embedding is the sigmoid's output, whole
+    (`pool="none"`) or averaged over the grid (`"avg"`, whose LRP-0 splits each dimension's
+    relevance over the grid in proportion to the values), and the sigmoid passes it
+    unchanged."""
+    latent = jax.nn.sigmoid(logits.astype(jnp.float32))
+    b = latent.shape[0]
+    if pool == "avg":
+        totals = jnp.sum(latent, axis=(1, 2), keepdims=True)  # [B, 1, 1, D]
+        relevance = relevance_fn(totals[:, 0, 0] / (latent.shape[1] * latent.shape[2]), targets)
+        return latent / totals * relevance[:, None, None, :]
+    return relevance_fn(latent.reshape(b, -1), targets).reshape(latent.shape)
 
 
 def build(config: ConfigDict, dataset: Dataset) -> KMEx:
