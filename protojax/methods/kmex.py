@@ -327,10 +327,12 @@ class KMEx(Method):
         partial = jax.tree_util.Partial
         centroids = variables[STATE]["centroids"]
         if self.source_name == "protopnet":
+            avg = self.config.model.pool == "avg"
+            through = _through_averaged_sigmoid if avg else _through_sigmoid
             prp = partial(
                 prp_score,
                 partial(self._latent_logits, variables),
-                partial(_through_sigmoid, kmex_relevance(centroids), self.config.model.pool),
+                partial(through, kmex_relevance(centroids)),
             )
         else:
             prp = partial(prp_score, partial(self.embed, variables), kmex_relevance(centroids))
@@ -429,19 +431,23 @@ class KMEx(Method):
         return [ctx.save_figure(fig, "kmex_prototypes.png")]
 
 
-def _through_sigmoid(relevance_fn, pool: str, logits, targets):
-    """The relevance at a ProtoPNet source's pre-sigmoid latent `[B, h, w, D]` of
-    `relevance_fn(embedding [B, E], targets)`: the embedding is the sigmoid's output, whole
-    (`pool="none"`) or averaged over the grid (`"avg"`, whose LRP-0 splits each dimension's
-    relevance over the grid in proportion to the values), and the sigmoid passes it
-    unchanged."""
+def _through_sigmoid(relevance_fn, logits, targets):
+    """The relevance at a ProtoPNet source's pre-sigmoid 1×1 latent `[B, 1, 1, D]` of
+    `relevance_fn(embedding [B, D], targets)`, the embedding being its sigmoid, which passes
+    the relevance unchanged."""
     latent = jax.nn.sigmoid(logits.astype(jnp.float32))
-    b = latent.shape[0]
-    if pool == "avg":
-        totals = jnp.sum(latent, axis=(1, 2), keepdims=True)  # [B, 1, 1, D]
-        relevance = relevance_fn(totals[:, 0, 0] / (latent.shape[1] * latent.shape[2]), targets)
-        return latent / totals * relevance[:, None, None, :]
-    return relevance_fn(latent.reshape(b, -1), targets).reshape(latent.shape)
+    relevance = relevance_fn(latent.reshape(latent.shape[0], -1), targets)
+    return relevance.reshape(latent.shape)
+
+
+def _through_averaged_sigmoid(relevance_fn, logits, targets):
+    """As `_through_sigmoid` for the embedding averaged over the grid (`model.pool="avg"`),
+    whose LRP-0 splits each dimension's relevance over the grid in proportion to the sigmoid
+    values."""
+    latent = jax.nn.sigmoid(logits.astype(jnp.float32))
+    totals = jnp.sum(latent, axis=(1, 2), keepdims=True)  # [B, 1, 1, D]
+    relevance = relevance_fn(totals[:, 0, 0] / (latent.shape[1] * latent.shape[2]), targets)
+    return latent / totals * relevance[:, None, None, :]
 
 
 def build(config: ConfigDict, dataset: Dataset) -> KMEx:
@@ -453,7 +459,8 @@ def own_explanation(
 ) -> list[pathlib.Path]:
     """For each of `dataset.split(split)` images `indices`, the image beside its nearest
     centroids (each shown by its nearest training image), with class, distance and
-    importance; one figure `kmex_image_NNN.png` per image, written under `out`."""
+    importance; one figure `image_NNN/nearest_centroids.png` per image, written under `out`
+    beside the explain launcher's maps of the image."""
     from protojax.data.pipeline import normalize
     from protojax.explain.figures import nearest_prototypes, pyplot
 
@@ -481,7 +488,8 @@ def own_explanation(
             f"true {names[int(raw['label'][row])]}"
         )
         fig = nearest_prototypes(raw["image"][row], sources, texts, title=title)
-        path = out / f"kmex_image_{int(n):03d}.png"
+        path = out / f"image_{int(n):03d}" / "nearest_centroids.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
         pyplot().close(fig)
         paths.append(path)
