@@ -143,6 +143,24 @@ def test_explain_launcher_puts_prp_beside_the_nearest_centroids(python, fitted, 
             assert f"explanations/test/image_{n:03d}/{name}" in page
 
 
+@pytest.mark.slow
+def test_evaluate_judges_the_centroids_and_their_prp_maps(fitted):
+    """`experiments.evaluate` on a KMEx run: its prototypes are the centroids (not its
+    source's), AD/AI runs on the PRP maps of each image's class centroids, and the diversity
+    entropy is the one KMEx's summary reports."""
+    from experiments import evaluate
+
+    root, summary = fitted
+    evaluate.evaluate_run(root / "run", explainers="saliency", num_images=2, batch_size=64)
+    saved = json.loads((root / "run" / "evaluation" / "evaluation.json").read_text())
+    assert saved["transparency"]["prototypes"] == 20
+    assert sum(saved["transparency"]["usage_counts"]) == 360  # digits' test split
+    ad_ai = saved["trustworthiness"]["ad_ai"]
+    assert ad_ai["pairs"] == 2 * 2 and 0 <= ad_ai["prp"]["AD"] <= 1
+    assert saved["diversity"]["entropy"] == pytest.approx(summary["diversity_entropy"], rel=1e-5)
+    assert "prototype_removal" in saved["not_applicable"]
+
+
 def test_kmex_on_a_source_workdir_reproduces_the_run_that_trained_it(fitted, digits):
     root, summary = fitted
     config = _config(**{"model.source_workdir": str(root / "run" / "blackbox")})
