@@ -26,7 +26,6 @@ import datetime
 import json
 import os
 import pathlib
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +35,7 @@ import numpy as np
 
 # Run from a checkout without installing: the repository root holds the protojax package.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from benchmarks.machine import machine_line  # noqa: E402
 from protojax.nn import backbone_by_name, backbone_family  # noqa: E402
 from protojax.nn.torch_reference import (  # noqa: E402
     import_timm,
@@ -56,17 +56,6 @@ ARCHS = (
     "densenet121 densenet161 densenet169 densenet201 convnext_tiny convnext_small "
     "vit_b_16 vit_small_patch16_224 vit_base_patch16_224"
 ).split()
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _load() -> float:
@@ -144,7 +133,7 @@ def main() -> None:
     threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     print(f"date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='minutes')}")
-    print(f"machine: nproc {threads}, {_cpu_model()}, niceness {os.nice(0)}")
+    print(f"machine: {machine_line()}")
     print(
         f"versions: jax {jax.__version__}, torch {torch.__version__}, torchvision "
         f"{import_torchvision().__version__}, timm {import_timm().__version__}; "

@@ -23,7 +23,6 @@ import argparse
 import datetime
 import os
 import pathlib
-import platform
 import statistics
 import sys
 import time
@@ -35,18 +34,8 @@ from sklearn.cluster import KMeans, kmeans_plusplus
 
 # Run from a checkout without installing: the repository root holds the protojax package.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from benchmarks.machine import machine_line  # noqa: E402
 from protojax.prototypes.kmeans import kmeans  # noqa: E402
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _timed(fn, *args, **kwargs):
@@ -75,7 +64,7 @@ def main() -> None:
     x_device = jax.device_put(x)
 
     print(f"date: {datetime.date.today().isoformat()}")
-    print(f"machine: nproc {len(os.sched_getaffinity(0))}, {_cpu_model()}, niceness {os.nice(0)}")
+    print(f"machine: {machine_line()}")
     print(f"versions: jax {jax.__version__}, scikit-learn {sklearn.__version__}")
     print(f"data: {args.n} x {args.d} float32 standard normal, k = {args.k}")
     print(f"load average (1, 5, 15 min) at start: {_load()}")

@@ -65,6 +65,20 @@ def load_config(name: str | None, overrides: list[tuple[str, str]]):
     return config, "_".join(filter(None, (os.path.splitext(base)[0], arg)))
 
 
+def explainer_names(flag: str) -> list[str]:
+    """The comma-separated names of an --explainers flag, each one of protojax's explainers."""
+    from protojax.explain import EXPLAINERS
+
+    names = [name.strip() for name in flag.split(",") if name.strip()]
+    unknown = [name for name in names if name not in EXPLAINERS]
+    if unknown or not names:
+        raise UsageError(
+            f"Unknown explainer '{unknown[0] if unknown else ''}' in --explainers; use names "
+            f"among {', '.join(EXPLAINERS)}."
+        )
+    return names
+
+
 HELP_FLAGS = ("--help", "-h", "--helpfull", "-help")
 
 

@@ -273,18 +273,6 @@ def own_maps(method, variables, images, predicted, maps):
     return maps.get("prp")
 
 
-def prp_bounds(method, channels: int) -> dict:
-    """PRP's first-layer bounds: the model input's range for pixels in [0, 1]."""
-    normalize = getattr(method, "normalize", None)
-    if normalize is None:
-        return {"low": 0.0, "high": 1.0}
-    bounds = {}
-    for name, value in (("low", 0.0), ("high", 1.0)):
-        pixel = np.asarray(normalize(np.full((1, 1, 1, channels), value, np.float32))).ravel()
-        bounds[name] = float(pixel[0]) if np.allclose(pixel, pixel[0]) else tuple(map(float, pixel))
-    return bounds
-
-
 def randomisation_layers(method, variables, images, limit: int = 6) -> list[tuple[str, ...]]:
     """Parameter prefixes from the output down, in the order the prediction calls them (Flax
     keeps parameters sorted by name, not by depth): the modules `predict` calls, a backbone,
@@ -345,6 +333,7 @@ def evaluate_run(
     import protojax
     from protojax import metrics
     from protojax.data import load_dataset
+    from protojax.explain import input_bounds
 
     progress = Progress(12)
     method, variables, config = protojax.load_workdir(workdir)
@@ -466,7 +455,7 @@ def evaluate_run(
         prp_targets = np.argmax(np.where(own_class, sims[chosen], -np.inf), axis=1)
     names = choose_explainers(explainers, targets)
     progress(f"explainers {', '.join(names)} on {chosen.size} images")
-    bounds = prp_bounds(method, images.shape[-1])
+    bounds = input_bounds(getattr(method, "normalize", None), images.shape[-1])
     rng = jax.random.key(seed)
     maps, skipped = explainer_maps(
         names, targets, images, predicted, prp_targets, rng=rng, batch_size=batch_size,
@@ -590,17 +579,11 @@ def evaluate_run(
 
 
 def choose_explainers(flag: str, targets) -> list[str]:
-    from protojax.explain import EXPLAINERS
-
+    """The explainers to run: the flag's, checked against the method's `targets`, or the
+    defaults (with PRP where the method exports a prp target)."""
     if not flag:
         return [*DEFAULT_EXPLAINERS, *(["prp"] if "prp" in targets else [])]
-    names = [n.strip() for n in flag.split(",") if n.strip()]
-    unknown = [n for n in names if n not in EXPLAINERS]
-    if unknown or not names:
-        raise UsageError(
-            f"Unknown explainer '{unknown[0] if unknown else ''}' in --explainers; use names "
-            f"among {', '.join(EXPLAINERS)}."
-        )
+    names = cli.explainer_names(flag)
     if "prp" in names and "prp" not in targets:
         raise UsageError("This method exports no prp target; drop prp from --explainers.")
     if "relax" in names and "embedding" not in targets:

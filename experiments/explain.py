@@ -144,32 +144,13 @@ def choose_explainers(flag: str, target: str, targets=None) -> list[str]:
         return ["relax"]
     if not flag:
         return [name for name in EXPLAINERS if name != "prp" or "prp" in (targets or ("prp",))]
-    names = [name.strip() for name in flag.split(",") if name.strip()]
-    unknown = [name for name in names if name not in EXPLAINERS]
-    if unknown or not names:
-        raise UsageError(
-            f"Unknown explainer '{unknown[0] if unknown else ''}' in --explainers; use names "
-            f"among {', '.join(EXPLAINERS)}."
-        )
+    names = cli.explainer_names(flag)
     if "prp" in names and targets is not None and "prp" not in targets:
         raise UsageError(
             "PRP explains prototypes, and this method exports no prp target; drop prp from "
             "--explainers."
         )
     return names
-
-
-def input_bounds(method, channels: int) -> dict[str, float | tuple[float, ...]]:
-    """PRP's first-layer bounds: the model input's range for pixels in [0, 1], per channel."""
-    normalize = getattr(method, "normalize", None)
-    if normalize is None:
-        return {"low": 0.0, "high": 1.0}
-    bounds = {}
-    for name, value in (("low", 0.0), ("high", 1.0)):
-        pixel = np.asarray(normalize(np.full((1, 1, 1, channels), value, np.float32))).ravel()
-        same = np.allclose(pixel, pixel[0])
-        bounds[name] = float(pixel[0]) if same else tuple(float(v) for v in pixel)
-    return bounds
 
 
 def main(argv: list[str]) -> None:
@@ -186,7 +167,7 @@ def main(argv: list[str]) -> None:
 
     import protojax
     from protojax.data import load_dataset
-    from protojax.explain import explain_all
+    from protojax.explain import explain_all, input_bounds
     from protojax.explain.figures import save
     from protojax.explain.grid import comparison_grid, explanation_figure
     from protojax.methods import method_module
@@ -214,7 +195,7 @@ def main(argv: list[str]) -> None:
     embed_fn = targets.get("embedding", jax.tree_util.Partial(method.embed, variables))
     options = {"gradcam": {"layer": FLAGS.gradcam_layer}} if FLAGS.gradcam_layer else {}
     if "prp" in explainers:
-        options["prp"] = input_bounds(method, images.shape[-1])
+        options["prp"] = input_bounds(getattr(method, "normalize", None), images.shape[-1])
     try:
         result = explain_all(
             score_fn, images, rng=jax.random.key(FLAGS.seed), targets=indices,

@@ -217,13 +217,9 @@ def _input_bounds(config) -> dict[str, float | tuple[float, ...]]:
     """The range of the model's inputs (pixels in [0, 1], normalised as the run was): the
     bounds of LRP's z^β rule at the first layer; per channel where the channels differ."""
     from protojax.data.pipeline import normalize
+    from protojax.explain import input_bounds
 
-    mode = config.data.normalization
-    bounds = {}
-    for name, value in (("low", 0.0), ("high", 1.0)):
-        channels = tuple(float(v) for v in normalize(np.full(3, value, np.float32), mode))
-        bounds[name] = channels[0] if len(set(channels)) == 1 else channels
-    return bounds
+    return input_bounds(functools.partial(normalize, mode=config.data.normalization), 3)
 
 
 def _above_mean(maps: jax.Array) -> jax.Array:

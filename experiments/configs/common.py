@@ -65,12 +65,33 @@ PROTOPNET_BACKBONES = {
 
 
 def protopnet_fine_grained_config(source: str, backbone: str = "resnet34") -> ConfigDict:
-    """ProtoPNet at 224 px as the official CUB code runs it (cfchen-duke/ProtoPNet): box-cropped
-    images, anisotropic resize, ImageNet normalisation, batch 80/100/75, 10 prototypes per class
-    of the backbone's depth (`PROTOPNET_BACKBONES`), regular add-on layers, the official
-    stages, and ×30 online passes of the official Augmentor mix (rotate, skew or shear, and a
-    flip) standing in for its 30 offline copies. The weights are read from
-    `weights/{backbone}_imagenet.npz`."""
+    """ProtoPNet at 224 px as the official CUB code runs it (cfchen-duke/ProtoPNet), on the
+    TFDS set `source` with the backbone `backbone` (a key of `PROTOPNET_BACKBONES`).
+
+    Official settings: batch 80 (train), 100 (test), 75 (push); 10 prototypes per class of the
+    backbone's depth D; regular add-on layers; warm 5, push from epoch 10 every 10 epochs, 20
+    last-layer epochs after each push; Adam lrs and StepLR(5, 0.1) from settings.py; ImageNet
+    normalisation and an anisotropic resize to 224×224.
+
+    Differences from the official data, to know when comparing: the TFDS images are cropped to
+    the object's box (data.crop_to_box), as the official preprocessing does, but the official
+    ×30 offline Augmentor copies (img_aug.py: a third rotated ±15°, a third skewed, a third
+    sheared ±10°, each flipped at random) are drawn online instead (data.augment.augmentor_mix
+    and hflip), with one ProtoPNet epoch = 30 passes (model.passes_per_epoch) so that every
+    stage keeps its official number of steps; the originals are trained on only through these
+    copies, as officially. The test split is evaluated once per ProtoPNet epoch as the
+    official code does (it is data.val_split; nothing is selected on it). The run is 31
+    ProtoPNet epochs plus 3 × 20 last-layer epochs, each of 30 passes over the training split.
+
+    Backbones (a config's argument, `--config=NAME:ARCH`): those of the paper's CUB table, each
+    with the official regular add-on, 224-px input and its prototype depth D: `vgg19` (the
+    official code's default, D = 128), `resnet34` (the default here, D = 256, as in the
+    official ensemble), `densenet121` (D = 128), and `vgg16`, `resnet152`, `densenet161`
+    (D = 128). Each reads its weights from `weights/ARCH_imagenet.npz`, converted with
+    `python -m experiments.convert_weights --arch=ARCH --torch_checkpoint=PTH
+    --out=weights/ARCH_imagenet.npz`; the default workdir is `workdirs/NAME_ARCH`. Without
+    the converted weights file the run stops and names the conversion command; pass
+    --config.model.allow_random_init=true to train from scratch."""
     if backbone not in PROTOPNET_BACKBONES:
         raise UsageError(
             f"Unknown ProtoPNet backbone '{backbone}' in the config argument; use one of "
@@ -99,9 +120,19 @@ def protopnet_fine_grained_config(source: str, backbone: str = "resnet34") -> Co
 
 
 def infodisent_fine_grained_config(source: str) -> ConfigDict:
-    """InfoDisent at 224 px on a frozen ImageNet ResNet-50 (converted into model.backbone_weights):
-    whole images resized to 224×224, ImageNet normalisation, no augmentation, so that the
-    backbone's training feature maps are cached once and the head trains on them."""
+    """InfoDisent at 224 px on a frozen ImageNet ResNet-50, on the TFDS set `source`: whole
+    images resized to 224×224, ImageNet normalisation, no augmentation, so that the
+    backbone's training feature maps are cached once and the head trains on them.
+
+    Convert the backbone first (`python -m experiments.convert_weights --arch=resnet50
+    --torch_checkpoint=PTH --out=weights/resnet50_imagenet.npz`) and prepare the data (`python
+    -m experiments.prepare_data --dataset=NAME --data_dir=DIR`). Without the weights file the
+    run stops and names the conversion command; --config.model.allow_random_init=true runs
+    from a random backbone (the tests do, under TFDS mock data). There is no black box of
+    these data to compare with, so blackbox_test_accuracy is null; point model.source_workdir
+    at a trained black box of the same data and backbone (and clear model.backbone_weights) to
+    explain it instead. The optimiser settings are ours (Adam, 1e-3 for W, 1e-4 for A, cosine,
+    30 epochs): the paper's were not checked."""
     config = base_config("infodisent")
     config.data.name = source
     config.data.image_size = 224
@@ -114,4 +145,33 @@ def infodisent_fine_grained_config(source: str) -> ConfigDict:
     config.optim.lr = 1e-3
     config.optim.unmixing_lr = 1e-4
     config.train.epochs = 30
+    return config
+
+
+def kmex_config(blackbox: ConfigDict, *, per_class: int = 5) -> ConfigDict:
+    """KMEx on the black box that the black-box config `blackbox` trains: its data, backbone,
+    optimiser and epochs (the black box trains first when model.source_workdir is empty), and
+    `per_class` centroids per class."""
+    config = base_config("kmex")
+    config.data = blackbox.data
+    config.optim = blackbox.optim
+    config.train = blackbox.train
+    config.model.backbone = blackbox.model.backbone
+    config.model.per_class = per_class
+    return config
+
+
+def infodisent_config(blackbox: ConfigDict, *, epochs: int) -> ConfigDict:
+    """InfoDisent on the black box that the black-box config `blackbox` trains: its data and
+    backbone, and its learning rate and epochs as model.source_lr and model.source_epochs (the
+    black box trains first when model.source_workdir is empty). The head trains `epochs`
+    epochs at Adam 1e-2 for W and 1e-3 for A."""
+    config = base_config("infodisent")
+    config.data = blackbox.data
+    config.model.backbone = blackbox.model.backbone
+    config.model.source_epochs = blackbox.train.epochs
+    config.model.source_lr = blackbox.optim.lr
+    config.optim.lr = 1e-2
+    config.optim.unmixing_lr = 1e-3
+    config.train.epochs = epochs
     return config

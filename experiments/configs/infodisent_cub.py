@@ -4,16 +4,10 @@ Command: python -m experiments.train --config=infodisent_cub --config.data.data_
 Runtime: not measured (no GPU here); one ResNet-50 pass over 5,994 images, then 30 head epochs.
 Expected: test_accuracy near a fine-tuned ResNet-50 (paper's claim; not verified, not run here).
 
-The backbone is ImageNet's ResNet-50, frozen: convert it first (`python -m
-experiments.convert_weights --arch=resnet50 --torch_checkpoint=PTH
---out=weights/resnet50_imagenet.npz`) and prepare the data (`python -m experiments.prepare_data
---dataset=caltech_birds2011 --data_dir=DIR`). Without the weights file the run stops and names
-the conversion command; --config.model.allow_random_init=true runs from a random backbone (the
-tests do, under TFDS mock data). There is no black box of this data to compare with, so
-blackbox_test_accuracy is null; point model.source_workdir at a trained black box of the same
-data and backbone (and clear model.backbone_weights) to explain it instead. The optimiser
-settings are ours (Adam, 1e-3 for W, 1e-4 for A, cosine, 30 epochs): the paper's were not
-checked.
+The recipe, the weights to convert and how to explain a trained black box instead are
+`infodisent_fine_grained_config`'s (experiments/configs/common.py); prepare the data with
+`python -m experiments.prepare_data --dataset=caltech_birds2011 --data_dir=DIR`. The whole
+images are used, not the birds' boxes.
 """
 
 from experiments.configs.common import infodisent_fine_grained_config

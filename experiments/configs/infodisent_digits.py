@@ -14,19 +14,9 @@ The uncached run (model.cache_features=off) reaches the same accuracy in 1.85× 
 (benchmarks/infodisent_cache.md).
 """
 
-from experiments.configs.common import base_config
+from experiments.configs.blackbox_digits import get_config as blackbox_digits
+from experiments.configs.common import infodisent_config
 
 
 def get_config():
-    config = base_config("infodisent")
-    config.data.name = "digits"
-    config.data.image_size = 28
-    config.data.batch_size = 64
-    config.model.backbone = "small_cnn"
-    # The black box trained first when model.source_workdir is empty: blackbox_digits' settings.
-    config.model.source_epochs = 12
-    config.model.source_lr = 2e-3
-    config.optim.lr = 1e-2
-    config.optim.unmixing_lr = 1e-3
-    config.train.epochs = 20
-    return config
+    return infodisent_config(blackbox_digits(), epochs=20)

@@ -13,15 +13,8 @@ the black box 0.9917, diversity_entropy 0.0150. To explain a black box already t
 """
 
 from experiments.configs.blackbox_digits import get_config as blackbox_digits
-from experiments.configs.common import base_config
+from experiments.configs.common import kmex_config
 
 
 def get_config():
-    config = base_config("kmex")
-    bb = blackbox_digits()
-    config.data = bb.data
-    config.optim = bb.optim
-    config.train = bb.train
-    config.model.backbone = bb.model.backbone
-    config.model.per_class = 5
-    return config
+    return kmex_config(blackbox_digits())

@@ -12,15 +12,8 @@ test_accuracy 0.994 (nearest centroid and soft alike), agreement with the black 
 """
 
 from experiments.configs.blackbox_shapes import get_config as blackbox_shapes
-from experiments.configs.common import base_config
+from experiments.configs.common import kmex_config
 
 
 def get_config():
-    config = base_config("kmex")
-    bb = blackbox_shapes()
-    config.data = bb.data
-    config.optim = bb.optim
-    config.train = bb.train
-    config.model.backbone = bb.model.backbone
-    config.model.per_class = 5
-    return config
+    return kmex_config(blackbox_shapes())

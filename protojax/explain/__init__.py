@@ -20,7 +20,7 @@ from protojax.explain.gradcam import (
     layer_outputs,
 )
 from protojax.explain.gradients import integrated_gradients, saliency, smoothgrad
-from protojax.explain.lrp import Composite, Rule, composite_by_name, lrp
+from protojax.explain.lrp import Composite, Rule, composite_by_name, input_bounds, lrp
 from protojax.explain.occlusion import occlusion
 from protojax.explain.prp import kmex_relevance, protopnet_relevance, protovae_relevance, prp
 from protojax.explain.relax import RelaxResult, relax, relax_masks, u_relax
@@ -38,6 +38,7 @@ __all__ = [
     "default_gradcam_layer",
     "explain_all",
     "gradcam",
+    "input_bounds",
     "integrated_gradients",
     "kmex_relevance",
     "layer_gradcam",

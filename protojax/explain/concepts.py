@@ -98,6 +98,21 @@ def concept_features(
     return jnp.concatenate(blocks, axis=-1)
 
 
+def _features_on_grid(
+    features_fn: FeaturesFn,
+    images: jax.Array,
+    grid: tuple[int, int] | None,
+    layers: tuple[str, ...] | None,
+    resize: str,
+) -> tuple[jax.Array, tuple[int, int], tuple[str, ...]]:
+    """`concept_features` of `features_fn(images)` on `grid` (default: the finest layer's
+    size), with the grid and the layer names it used."""
+    maps = features_fn(images)
+    grid = tuple(grid or max((m.shape[1:3] for m in maps.values()), key=lambda s: s[0] * s[1]))
+    names = tuple(sorted(maps)) if layers is None else tuple(layers)
+    return concept_features(maps, grid=grid, layers=names, resize=resize), grid, names
+
+
 def _labels_at_image_size(grid_labels: jax.Array, size: tuple[int, int]) -> jax.Array:
     """Nearest-neighbour upsampling of `[B, g_h, g_w]` labels to `[B, H, W]`."""
     b = grid_labels.shape[0]
@@ -133,9 +148,7 @@ def concept_maps(
     Returns:
       `ConceptMaps(labels [B, H, W], grid_labels [B, g_h, g_w], centroids [B, k, F])`.
     """
-    maps = features_fn(images)
-    grid = grid or max((m.shape[1:3] for m in maps.values()), key=lambda s: s[0] * s[1])
-    features = concept_features(maps, grid=tuple(grid), layers=layers, resize=resize)
+    features, _, _ = _features_on_grid(features_fn, images, grid, layers, resize)
     b, gh, gw, f = features.shape
     if k > gh * gw:
         raise ValueError(f"k={k} concepts need at least {k} grid pixels; the grid is {gh}×{gw}.")
@@ -171,10 +184,7 @@ def fit_concepts(
     Returns:
       `Concepts(centroids [k, F], layers, grid, inertia)`.
     """
-    maps = features_fn(images)
-    grid = tuple(grid or max((m.shape[1:3] for m in maps.values()), key=lambda s: s[0] * s[1]))
-    names = tuple(sorted(maps)) if layers is None else tuple(layers)
-    features = concept_features(maps, grid=grid, layers=names, resize=resize)
+    features, grid, names = _features_on_grid(features_fn, images, grid, layers, resize)
     b, gh, gw, f = features.shape
     points = features.reshape(b, gh * gw, f)
     sample_rng, fit_rng = jax.random.split(rng)
@@ -191,9 +201,7 @@ def apply_concepts(
 ) -> ConceptMaps:
     """Segments `images [B, H, W, C]` into the fitted concepts: each pixel takes its nearest
     centroid, so a label means the same concept in every image."""
-    features = concept_features(
-        features_fn(images), grid=concepts.grid, layers=concepts.layers, resize=resize
-    )
+    features, _, _ = _features_on_grid(features_fn, images, concepts.grid, concepts.layers, resize)
     grid_labels = kmeans_predict(features, concepts.centroids)  # [B, g_h, g_w]
     return ConceptMaps(
         _labels_at_image_size(grid_labels, images.shape[1:3]), grid_labels, concepts.centroids

@@ -124,6 +124,31 @@ def composite_by_name(
     return composites[name]
 
 
+def input_bounds(
+    normalize: Callable[[np.ndarray], Any] | None, channels: int
+) -> dict[str, float | tuple[float, ...]]:
+    """The range of a model's inputs for pixels in [0, 1]: the `low` and `high` of the z^β
+    first-layer rule (`composite_by_name(name, **input_bounds(normalize, channels))`).
+
+    Args:
+      normalize: maps pixels `[B, H, W, C]` in [0, 1] to the model's inputs; None: the
+        identity.
+      channels: C.
+
+    Returns:
+      `{"low": ..., "high": ...}`, each one float where every channel maps alike, else a tuple
+      of one float per channel.
+    """
+    if normalize is None:
+        return {"low": 0.0, "high": 1.0}
+    bounds = {}
+    for name, value in (("low", 0.0), ("high", 1.0)):
+        pixel = np.asarray(normalize(np.full((1, 1, 1, channels), value, np.float32))).ravel()
+        same = np.allclose(pixel, pixel[0])
+        bounds[name] = float(pixel[0]) if same else tuple(float(v) for v in pixel)
+    return bounds
+
+
 def _rule_from(rule: str | Rule, epsilon: float) -> Rule:
     if isinstance(rule, Rule):
         return rule

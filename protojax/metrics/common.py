@@ -66,6 +66,39 @@ def check_same_grid(a: jax.Array, a_name: str, b: jax.Array, b_name: str) -> Non
         )
 
 
+def check_pixel_removal(
+    images: Any, maps: Any, maps_name: str, fill: Any, targets: Any
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+    """The checked inputs of a metric that changes the pixels of `images` in the order of
+    `maps`: images `[B, H, W, C]`, maps `[B, H, W]` float32 on the images' grid (see
+    `check_maps`), `fill` broadcast to the images' shape and dtype, and `targets` `[B]` (None
+    stays None).
+
+    Raises:
+      ValueError: naming the input that does not fit.
+    """
+    images = jnp.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"images must be [B, H, W, C], got shape {tuple(images.shape)}.")
+    maps = check_maps(maps, maps_name, batch=images.shape[0])
+    check_same_grid(maps, maps_name, images[..., 0], "images")
+    try:
+        fill = jnp.broadcast_to(jnp.asarray(fill, images.dtype), images.shape)
+    except ValueError:
+        raise ValueError(
+            f"fill of shape {jnp.shape(fill)} cannot broadcast to images {images.shape}; pass a "
+            "scalar, a per-channel [C] value or a [B, H, W, C] array."
+        ) from None
+    if targets is not None:
+        targets = jnp.asarray(targets)
+        if targets.shape[:1] != images.shape[:1]:
+            raise ValueError(
+                f"targets must have one entry per image ({images.shape[0]}), "
+                f"got shape {targets.shape}."
+            )
+    return images, maps.astype(jnp.float32), fill, targets
+
+
 def descending_ranks(values: jax.Array) -> jax.Array:
     """Rank of each entry of `values [B, N]` in decreasing order, ties to the lower index.
 

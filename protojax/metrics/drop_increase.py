@@ -11,7 +11,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from protojax.metrics.common import as_partial, check_maps, check_same_grid, descending_ranks
+from protojax.metrics.common import as_partial, check_pixel_removal, descending_ranks
 
 
 class DropIncrease(NamedTuple):
@@ -86,29 +86,13 @@ def average_drop_increase(
       `DropIncrease(per_example [B], aggregate AD, increase [B], average_increase AI,
       scores [B], masked_scores [B])`.
     """
-    images = jnp.asarray(images)
-    if images.ndim != 4:
-        raise ValueError(f"images must be [B, H, W, C], got shape {tuple(images.shape)}.")
-    relevance = check_maps(relevance, "relevance", batch=images.shape[0])
-    check_same_grid(relevance, "relevance", images[..., 0], "images")
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
-    try:
-        fill = jnp.broadcast_to(jnp.asarray(fill, images.dtype), images.shape)
-    except ValueError:
-        raise ValueError(
-            f"fill of shape {jnp.shape(fill)} cannot broadcast to images {images.shape}."
-        ) from None
-    targets = jnp.asarray(targets)
-    if targets.shape[:1] != images.shape[:1]:
-        raise ValueError(f"targets must be [B] = [{images.shape[0]}], got {targets.shape}.")
+    if targets is None:
+        raise ValueError("targets must give the prototype each row explains, [B].")
+    images, relevance, fill, targets = check_pixel_removal(
+        images, relevance, "relevance", fill, targets
+    )
     num_pixels = images.shape[1] * images.shape[2]
     replaced = num_pixels - int((1.0 - fraction) * num_pixels)
-    return _drop_increase(
-        as_partial(score_fn),
-        images,
-        relevance.astype(jnp.float32),
-        fill,
-        targets,
-        replaced=replaced,
-    )
+    return _drop_increase(as_partial(score_fn), images, relevance, fill, targets, replaced=replaced)

@@ -16,12 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from protojax.metrics.common import (
-    as_partial,
-    check_maps,
-    check_same_grid,
-    descending_ranks,
-)
+from protojax.metrics.common import as_partial, check_pixel_removal, descending_ranks
 
 
 class CurveResult(NamedTuple):
@@ -128,31 +123,15 @@ def perturbation_curve(
         raise ValueError(f'mode must be "deletion" or "insertion", got {mode!r}.')
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps}.")
-    images = jnp.asarray(images)
-    if images.ndim != 4:
-        raise ValueError(f"images must be [B, H, W, C], got shape {tuple(images.shape)}.")
-    saliency = check_maps(saliency, "saliency", batch=images.shape[0])
-    check_same_grid(saliency, "saliency", images[..., 0], "images")
     if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size}.")
-    try:
-        fill = jnp.broadcast_to(jnp.asarray(fill, images.dtype), images.shape)
-    except ValueError:
-        raise ValueError(
-            f"fill of shape {jnp.shape(fill)} cannot broadcast to images {images.shape}; pass a "
-            "scalar, a per-channel [C] value or a [B, H, W, C] array."
-        ) from None
-    if targets is not None:
-        targets = jnp.asarray(targets)
-        if targets.shape[:1] != images.shape[:1]:
-            raise ValueError(
-                f"targets must have one entry per image ({images.shape[0]}), "
-                f"got shape {targets.shape}."
-            )
+    images, saliency, fill, targets = check_pixel_removal(
+        images, saliency, "saliency", fill, targets
+    )
     return _curve_scores(
         as_partial(score_fn),
         images,
-        saliency.astype(jnp.float32),
+        saliency,
         fill,
         targets,
         steps=int(steps),

@@ -28,13 +28,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from protojax.errors import UsageError
-from protojax.nn.convnext import CONVNEXT_ARCHS, ConvNeXt, build_convnext
-from protojax.nn.densenet import DENSENET_ARCHS, DenseNet, build_densenet, densenet_channels
+from protojax.nn.convnext import CONVNEXT_ARCHS, ConvNeXt
+from protojax.nn.densenet import DENSENET_ARCHS, DenseNet, densenet_channels
 from protojax.nn.resnet import RESNET_ARCHS, STEMS, ResNet, build_resnet, resnet_channels
 from protojax.nn.small import SmallCNN
 from protojax.nn.vae import ConvTranspose2d, Decoder, Encoder  # ProtoVAE's, by arch
-from protojax.nn.vgg import VGG, VGG_ARCHS, build_vgg
-from protojax.nn.vit import VIT_ARCHS, VisionTransformer, build_vit
+from protojax.nn.vgg import VGG, VGG_ARCHS, VGG_CONFIGS
+from protojax.nn.vit import VIT_ARCHS, VisionTransformer
 
 
 class Normalization(NamedTuple):
@@ -59,39 +59,34 @@ class _Backbone(NamedTuple):
     normalization: Normalization
 
 
-def _small_cnn(widths: tuple[int, ...], *, stem: str, **kw) -> SmallCNN:
-    del stem  # the small backbones have a single stem
-    return SmallCNN(widths=widths, **kw)
-
-
-def _single_stem(build: Callable[..., nn.Module], name: str, *, stem: str, **kw) -> nn.Module:
-    del stem  # only the ResNets have a CIFAR stem
-    return build(name, **kw)
+def _single_stem(cls: type[nn.Module], arch: tuple, *, stem: str, **kw) -> nn.Module:
+    """`cls(*arch, **kw)`, a backbone with one stem (only the ResNets have a CIFAR stem)."""
+    del stem
+    return cls(*arch, **kw)
 
 
 def _entries() -> dict[str, _Backbone]:
+    def single(cls: type[nn.Module], arch: tuple) -> Callable[..., nn.Module]:
+        return functools.partial(_single_stem, cls, arch)
+
     entries = {
-        "small_cnn": _Backbone(functools.partial(_small_cnn, (32, 64)), 64, "small", IMAGENET),
-        "small_cnn_wide": _Backbone(
-            functools.partial(_small_cnn, (32, 64, 128)), 128, "small", IMAGENET
-        ),
+        "small_cnn": _Backbone(single(SmallCNN, ((32, 64),)), 64, "small", IMAGENET),
+        "small_cnn_wide": _Backbone(single(SmallCNN, ((32, 64, 128),)), 128, "small", IMAGENET),
     }
     for name in RESNET_ARCHS:
         build = functools.partial(build_resnet, name)
         entries[name] = _Backbone(build, resnet_channels(name), "resnet", IMAGENET)
     for name in VGG_ARCHS:
-        build = functools.partial(_single_stem, build_vgg, name)
-        entries[name] = _Backbone(build, 512, "vgg", IMAGENET)
+        arch = (VGG_CONFIGS[name.removesuffix("_bn")], name.endswith("_bn"))
+        entries[name] = _Backbone(single(VGG, arch), 512, "vgg", IMAGENET)
     for name, arch in DENSENET_ARCHS.items():
-        build = functools.partial(_single_stem, build_densenet, name)
-        entries[name] = _Backbone(build, densenet_channels(*arch), "densenet", IMAGENET)
-    for name, (_, widths) in CONVNEXT_ARCHS.items():
-        build = functools.partial(_single_stem, build_convnext, name)
-        entries[name] = _Backbone(build, widths[-1], "convnext", IMAGENET)
-    for name, (_, width, *_) in VIT_ARCHS.items():
-        build = functools.partial(_single_stem, build_vit, name)
+        channels = densenet_channels(*arch)
+        entries[name] = _Backbone(single(DenseNet, arch), channels, "densenet", IMAGENET)
+    for name, arch in CONVNEXT_ARCHS.items():
+        entries[name] = _Backbone(single(ConvNeXt, arch), arch[1][-1], "convnext", IMAGENET)
+    for name, arch in VIT_ARCHS.items():
         norm = IMAGENET if name == "vit_b_16" else INCEPTION
-        entries[name] = _Backbone(build, width, "vit", norm)
+        entries[name] = _Backbone(single(VisionTransformer, arch), arch[1], "vit", norm)
     return entries
 
 

@@ -25,10 +25,10 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from protojax.nn.layers import (
     TRUNC_NORMAL_002,
+    TypedModule,
     check_images,
     check_return_layers,
     conv2d,
@@ -43,17 +43,15 @@ CONVNEXT_ARCHS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 LAYER_NAMES = ("stem", "stage1", "stage2", "stage3", "stage4")
 
 
-class CNBlock(nn.Module):
+class CNBlock(TypedModule):
     """`[B, H, W, C]` → `[B, H, W, C]`: torchvision's CNBlock (see the module doc)."""
 
     layer_scale_init: float = 1e-6
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         channels = x.shape[-1]
-        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        kw = self.dtypes
         y = conv2d(
             channels,
             7,
@@ -76,7 +74,7 @@ class CNBlock(nn.Module):
         return x + scale.astype(self.dtype) * y
 
 
-class ConvNeXt(nn.Module):
+class ConvNeXt(TypedModule):
     """torchvision's ConvNeXt `features`: `[B, H, W, C]` → `[B, H/32, W/32, widths[-1]]`.
 
     Attributes:
@@ -88,8 +86,6 @@ class ConvNeXt(nn.Module):
 
     depths: Sequence[int]
     widths: Sequence[int]
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
     return_layers: Sequence[str] = ()
 
     @nn.compact
@@ -97,7 +93,7 @@ class ConvNeXt(nn.Module):
         del train  # no batch statistics; stochastic depth is not applied
         check_return_layers("ConvNeXt", self.return_layers, LAYER_NAMES)
         check_images("ConvNeXt", x)
-        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        kw = self.dtypes
         x = x.astype(self.dtype)
         x = conv2d(
             self.widths[0],
@@ -131,17 +127,3 @@ class ConvNeXt(nn.Module):
         if self.return_layers:
             return x, {name: maps[name] for name in self.return_layers}
         return x
-
-
-def build_convnext(
-    name: str,
-    *,
-    dtype: jnp.dtype = jnp.float32,
-    param_dtype: jnp.dtype = jnp.float32,
-    return_layers: Sequence[str] = (),
-) -> ConvNeXt:
-    """Builds `convnext_tiny` or `convnext_small` (see `ConvNeXt`)."""
-    depths, widths = CONVNEXT_ARCHS[name]
-    return ConvNeXt(
-        depths, widths, dtype=dtype, param_dtype=param_dtype, return_layers=tuple(return_layers)
-    )

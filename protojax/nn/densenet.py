@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from protojax.nn.layers import (
     KAIMING_FAN_IN,
+    TypedModule,
     avg_pool,
     batch_norm,
     check_images,
@@ -62,17 +63,15 @@ def densenet_channels(growth_rate: int, block_config: Sequence[int], stem_width:
     return channels
 
 
-class DenseLayer(nn.Module):
+class DenseLayer(TypedModule):
     """`[B, H, W, C]` (the block's concatenation so far) → `[B, H, W, growth_rate]`."""
 
     growth_rate: int
     bn_size: int = 4
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        kw = self.dtypes
         y = nn.relu(batch_norm(train, name="norm1", **kw)(x))
         y = conv2d(
             self.bn_size * self.growth_rate, 1, kernel_init=KAIMING_FAN_IN, name="conv1", **kw
@@ -81,46 +80,38 @@ class DenseLayer(nn.Module):
         return conv2d(self.growth_rate, 3, kernel_init=KAIMING_FAN_IN, name="conv2", **kw)(y)
 
 
-class DenseBlock(nn.Module):
+class DenseBlock(TypedModule):
     """`[B, H, W, C]` → `[B, H, W, C + num_layers · growth_rate]`; layers `denselayer1`, …"""
 
     num_layers: int
     growth_rate: int
     bn_size: int = 4
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         features = [x]
         for index in range(1, self.num_layers + 1):
             layer = DenseLayer(
-                self.growth_rate,
-                self.bn_size,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name=f"denselayer{index}",
+                self.growth_rate, self.bn_size, name=f"denselayer{index}", **self.dtypes
             )
             features.append(layer(jnp.concatenate(features, axis=-1), train=train))
         return jnp.concatenate(features, axis=-1)
 
 
-class Transition(nn.Module):
+class Transition(TypedModule):
     """BN → ReLU → conv1×1 (`features`) → average-pool 2×2/2."""
 
     features: int
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        kw = self.dtypes
         x = nn.relu(batch_norm(train, name="norm", **kw)(x))
         x = conv2d(self.features, 1, kernel_init=KAIMING_FAN_IN, name="conv", **kw)(x)
         return avg_pool(x, window=2, stride=2)
 
 
-class DenseNet(nn.Module):
+class DenseNet(TypedModule):
     """torchvision's DenseNet `features` + ReLU: `[B, H, W, C]` → `[B, H/32, W/32, c]`.
 
     Attributes:
@@ -134,15 +125,13 @@ class DenseNet(nn.Module):
     block_config: Sequence[int]
     stem_width: int
     bn_size: int = 4
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
     return_layers: Sequence[str] = ()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False):
         check_return_layers("DenseNet", self.return_layers, LAYER_NAMES)
         check_images("DenseNet", x)
-        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        kw = self.dtypes
         x = x.astype(self.dtype)
         x = conv2d(self.stem_width, 7, stride=2, kernel_init=KAIMING_FAN_IN, name="conv0", **kw)(x)
         x = nn.relu(batch_norm(train, name="norm0", **kw)(x))
@@ -161,22 +150,3 @@ class DenseNet(nn.Module):
         if self.return_layers:
             return x, {name: maps[name] for name in self.return_layers}
         return x
-
-
-def build_densenet(
-    name: str,
-    *,
-    dtype: jnp.dtype = jnp.float32,
-    param_dtype: jnp.dtype = jnp.float32,
-    return_layers: Sequence[str] = (),
-) -> DenseNet:
-    """Builds `densenet121`, `densenet161`, `densenet169` or `densenet201` (see `DenseNet`)."""
-    growth, blocks, stem = DENSENET_ARCHS[name]
-    return DenseNet(
-        growth,
-        blocks,
-        stem,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        return_layers=tuple(return_layers),
-    )

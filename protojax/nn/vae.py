@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from protojax.errors import UsageError
-from protojax.nn.layers import batch_norm
+from protojax.nn.layers import batch_norm, conv_general_dilated
 
 # log σ² is clamped to [log 1e-8, −log 1e-8], as in the official code.
 LOGVAR_BOUND = -math.log(1e-8)
@@ -170,7 +170,7 @@ class ConvTranspose2d(nn.Module):
         gathered = kernel[np.maximum(rows, 0), np.maximum(cols, 0)]
         gathered = jnp.where(((rows >= 0) & (cols >= 0))[..., None, None], gathered, 0.0)
         phased = gathered.transpose(0, 2, 4, 1, 3, 5).reshape(span, span, c, s * s * self.features)
-        y = jax.lax.conv_general_dilated(
+        y = conv_general_dilated(
             x.astype(self.dtype),
             phased.astype(self.dtype),
             window_strides=(1, 1),
@@ -212,6 +212,7 @@ class Encoder(nn.Module):
                 kernel_init=_uniform(),
                 bias_init=nn.initializers.zeros,
                 dtype=self.dtype,
+                conv_general_dilated=conv_general_dilated,
             )(x)
             x = _batch_norm(train, self.dtype)(nn.relu(x))
         x = x.reshape(x.shape[0], -1)
@@ -246,6 +247,7 @@ class Decoder(nn.Module):
                 kernel_init=_kaiming_fan_out,
                 bias_init=nn.initializers.zeros,
                 dtype=self.dtype,
+                conv_general_dilated=conv_general_dilated,
             )
 
         for channels, padding in spec.stages:

@@ -101,21 +101,3 @@ class VGG(nn.Module):
         if self.return_layers:
             return x, {name: maps[name] for name in self.return_layers}
         return x
-
-
-def build_vgg(
-    name: str,
-    *,
-    dtype: jnp.dtype = jnp.float32,
-    param_dtype: jnp.dtype = jnp.float32,
-    return_layers: Sequence[str] = (),
-) -> VGG:
-    """Builds `vgg11` … `vgg19` or a `_bn` variant (see `VGG`)."""
-    base = name.removesuffix("_bn")
-    return VGG(
-        layers=VGG_CONFIGS[base],
-        batch_norm=name.endswith("_bn"),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        return_layers=tuple(return_layers),
-    )

@@ -37,7 +37,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from protojax.nn.layers import TRUNC_NORMAL_002, check_images, check_return_layers, layer_norm
+from protojax.nn.layers import (
+    TRUNC_NORMAL_002,
+    TypedModule,
+    check_images,
+    check_return_layers,
+    layer_norm,
+)
 
 # name -> (patch size, width D, depth, heads, MLP width), as torchvision and timm.
 VIT_ARCHS: dict[str, tuple[int, int, int, int, int]] = {
@@ -83,18 +89,16 @@ def resample_position_embedding(grid: jax.Array, size: tuple[int, int]) -> jax.A
     return out.astype(grid.dtype)
 
 
-class Attention(nn.Module):
+class Attention(TypedModule):
     """Multi-head self-attention with a fused `qkv` projection: `[B, N, D]` → `[B, N, D]`."""
 
     num_heads: int
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         batch, tokens, width = x.shape
         head = width // self.num_heads
-        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        kw = self.dtypes
         qkv = nn.Dense(3 * width, kernel_init=TRUNC_NORMAL_002, name="qkv", **kw)(x)
         q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, head).transpose(2, 0, 3, 1, 4)
         logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(head)
@@ -103,35 +107,31 @@ class Attention(nn.Module):
         return nn.Dense(width, kernel_init=TRUNC_NORMAL_002, name="proj", **kw)(out)
 
 
-class Mlp(nn.Module):
+class Mlp(TypedModule):
     hidden: int
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        kw = self.dtypes
         y = nn.Dense(self.hidden, kernel_init=TRUNC_NORMAL_002, name="fc1", **kw)(x)
         y = nn.gelu(y, approximate=False)
         return nn.Dense(x.shape[-1], kernel_init=TRUNC_NORMAL_002, name="fc2", **kw)(y)
 
 
-class Block(nn.Module):
+class Block(TypedModule):
     """A pre-norm transformer block: `[B, N, D]` → `[B, N, D]`."""
 
     num_heads: int
     mlp_dim: int
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        kw = self.dtypes
         x = x + Attention(self.num_heads, name="attn", **kw)(layer_norm(name="norm1", **kw)(x))
         return x + Mlp(self.mlp_dim, name="mlp", **kw)(layer_norm(name="norm2", **kw)(x))
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(TypedModule):
     """A ViT trunk: `[B, H, W, C]` → patch tokens after the final norm `[B, H/p, W/p, D]`.
 
     Attributes:
@@ -147,8 +147,6 @@ class VisionTransformer(nn.Module):
     num_heads: int
     mlp_dim: int
     image_size: int = 224
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
     return_layers: Sequence[str] = ()
 
     @nn.compact
@@ -163,7 +161,7 @@ class VisionTransformer(nn.Module):
                 f"ViT with patch size {p} needs image sides that are multiples of {p} but got "
                 f"{x.shape[1]}×{x.shape[2]}; resize or crop the images."
             )
-        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        kw = self.dtypes
         x = x.astype(self.dtype)
         x = nn.Conv(
             self.width,
@@ -201,24 +199,3 @@ class VisionTransformer(nn.Module):
         if self.return_layers:
             return out, {name: maps[name] for name in self.return_layers}
         return out
-
-
-def build_vit(
-    name: str,
-    *,
-    dtype: jnp.dtype = jnp.float32,
-    param_dtype: jnp.dtype = jnp.float32,
-    return_layers: Sequence[str] = (),
-) -> VisionTransformer:
-    """Builds `vit_b_16`, `vit_small_patch16_224` or `vit_base_patch16_224`."""
-    patch, width, depth, heads, mlp = VIT_ARCHS[name]
-    return VisionTransformer(
-        patch,
-        width,
-        depth,
-        heads,
-        mlp,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        return_layers=tuple(return_layers),
-    )

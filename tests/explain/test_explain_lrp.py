@@ -17,6 +17,7 @@ from protojax.explain import (
     Composite,
     Rule,
     composite_by_name,
+    input_bounds,
     kmex_relevance,
     lrp,
     protopnet_relevance,
@@ -641,3 +642,13 @@ def test_errors_say_what_is_wrong(images):
     with pytest.raises(ValueError, match="inference mode"):
         lrp(Partial(score, bn_vars), images, targets=TARGETS)
     assert composite_by_name("prp", low=0.0, high=1.0).first.low == 0.0
+
+
+def test_input_bounds_are_the_normalised_ends_of_the_pixel_range():
+    assert input_bounds(None, 3) == {"low": 0.0, "high": 1.0}
+    assert input_bounds(lambda x: 2.0 * x - 1.0, 1) == {"low": -1.0, "high": 1.0}
+    mean, std = np.array([0.5, 0.25, 0.0]), np.array([0.5, 0.25, 2.0])
+    bounds = input_bounds(lambda x: (x - mean) / std, 3)
+    np.testing.assert_allclose(bounds["low"], [-1.0, -1.0, 0.0])
+    np.testing.assert_allclose(bounds["high"], [1.0, 3.0, 0.5])
+    assert isinstance(bounds["low"], tuple) and isinstance(bounds["high"][0], float)

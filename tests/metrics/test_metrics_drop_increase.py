@@ -45,3 +45,7 @@ def test_average_drop_increase_checks_inputs():
         average_drop_increase(_score, images, np.zeros((2, 4, 5)), 0.0, targets=[0, 0], fraction=0)
     with pytest.raises(ValueError, match="targets"):
         average_drop_increase(_score, images, np.zeros((2, 4, 5)), 0.0, targets=[0])
+    with pytest.raises(ValueError, match="fill of shape"):
+        average_drop_increase(_score, images, np.zeros((2, 4, 5)), np.zeros(3), targets=[0, 0])
+    with pytest.raises(ValueError, match="same"):
+        average_drop_increase(_score, images, np.zeros((2, 4, 4)), 0.0, targets=[0, 0])

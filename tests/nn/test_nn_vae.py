@@ -326,3 +326,31 @@ def test_mnist_pair_matches_a_numpy_forward_with_pytorch_semantics(train):
     # decoder was 2.5e-3 off: after a ReLU the mean is large next to the spread.
     np.testing.assert_allclose(rebuilt, expected_images.transpose(0, 2, 3, 1), atol=3e-5)
     compare_stats(moved["batch_stats"], expected_stats)
+
+
+@pytest.mark.parametrize(
+    "map_hw, kernel, padding",
+    [((2, 2), 3, ((1, 1), (1, 1))), ((1, 1), 3, ((1, 1), (1, 1))), ((1, 2), 4, ((2, 1), (2, 1)))],
+)
+def test_small_map_conv_as_patches_matches_the_convolution_and_its_gradients(
+    map_hw, kernel, padding
+):
+    """Maps smaller than the kernel go through the patch product (XLA:CPU's kernel gradient
+    of such convolutions is slow); values and both gradients equal lax's convolution."""
+    from protojax.nn.layers import conv_general_dilated
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, *map_hw, 5)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(kernel, kernel, 5, 7)), jnp.float32)
+
+    def loss(x, k, conv):
+        y = conv(x, k, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.sum(jnp.sin(y)), y
+
+    (_, want), want_grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(
+        x, k, jax.lax.conv_general_dilated
+    )
+    (_, got), got_grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(x, k, conv_general_dilated)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for g, w in zip(got_grads, want_grads):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
