@@ -17,15 +17,15 @@ One run: writes DIR/evaluation/ (replaced whole):
 What runs depends on what the method has, so the launcher works for any method: accuracy
 for every run; the explainers on its `class_logit` target; prototype metrics (usage,
 duplicates, removal, AD/AI with PRP, diversity) where it has prototypes (`params.prototypes`
-and `prototype_state`, or FLINT's attribute vectors for diversity); the spatial-misalignment
-benchmark where it has similarity maps (`activations`, ProtoPNet). A metric that does not
-apply is listed with the reason.
+and `prototype_state`, KMEx's centroids, or FLINT's attribute vectors for diversity); the
+spatial-misalignment benchmark where it has similarity maps (`activations`, ProtoPNet). A
+metric that does not apply is listed with the reason.
 
 Explained score: each image's predicted class (`class_logit`); deletion and insertion score
 `class_probability` of that class, removed pixels black (images in [0, 1]). The method's own
 map ("own") is the upsampled similarity map of the prototype that adds most to the predicted
 logit (ProtoPNet), or PRP of the most similar prototype of the predicted class (ProtoVAE,
-Pantypes).
+Pantypes, KMEx).
 
 Several runs: evaluates each (as above) and writes to --out `evaluation.md` and
 `evaluation.json`: one column per config (its method, dataset and a hash of its config
@@ -143,7 +143,7 @@ def similarity_fn(method, variables):
             trained.activations(variables, normalize(jnp.asarray(images))).similarities
         )
     score = targets["prototype_similarity"]
-    num = int(np.asarray(variables["prototype_state"]["prototype_class"]).size)
+    num = int(np.asarray(prototype_collection(variables)["prototype_class"]).size)
 
     @jax.jit
     def run(score, images):
@@ -153,13 +153,25 @@ def similarity_fn(method, variables):
     return lambda images: np.asarray(run(score, jnp.asarray(images)))
 
 
+def prototype_collection(variables) -> dict:
+    """The collection with the prototypes' classes: KMEx's centroids first (a KMEx run also
+    holds its source's own prototypes, which its prediction does not use), else
+    `prototype_state`."""
+    from protojax.methods.kmex import STATE
+
+    return variables[STATE] if STATE in variables else variables.get("prototype_state", {})
+
+
 def prototype_arrays(method, variables):
     """(vectors `[P, D]`, classes `[P]` or None, active `[P]`, squared distances?) of a
     method's prototypes, or None. Prototype layers keep `params.prototypes` (patch
     prototypes as `[P, D]`); FLINT's attributes are the columns of its attribute layer's
-    last kernel, as KMEx's diversity takes them."""
+    last kernel, as KMEx's diversity takes them; KMEx's centroids, at Euclidean distances."""
     params = variables.get("params", {})
-    state = variables.get("prototype_state", {})
+    state = prototype_collection(variables)
+    if "centroids" in state:
+        vectors = np.asarray(state["centroids"], np.float32)
+        return vectors, np.asarray(state["prototype_class"]), np.ones(len(vectors), bool), False
     if "prototypes" in params:
         vectors = np.asarray(params["prototypes"], np.float32).reshape(
             len(params["prototypes"]), -1
@@ -408,7 +420,7 @@ def evaluate_run(
         transparency["nearest10_class_purity"] = _number(
             metrics.source_purity(near, classes, active=active)
         )
-        source = np.asarray(variables["prototype_state"].get("source_index", []))
+        source = np.asarray(prototype_collection(variables).get("source_index", []))
         if source.size:
             train = dataset.split("train")
             pushed = source >= 0
@@ -515,7 +527,7 @@ def evaluate_run(
         )  # fmt: skip
     else:
         na["ad_ai"] = "the method exports no prp and prototype_similarity targets"
-    if prototypes is not None and "prototype_state" in variables:
+    if prototypes is not None and "active" in prototype_collection(variables):
         progress("prototype removal")
         trust["prototype_removal"] = removal(method, variables, images, batch["label"])
     else:

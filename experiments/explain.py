@@ -5,7 +5,7 @@
 
 Explainers (`--explainers`, comma-separated, in the grid's column order; default: every one
 that applies): saliency, smoothgrad, integrated_gradients, gradcam, occlusion, rise, relax,
-lrp, and prp for methods that export a `prp` target (ProtoPNet, ProtoVAE, Pantypes).
+lrp, and prp for methods that export a `prp` target (ProtoPNet, ProtoVAE, Pantypes, KMEx).
 
 Targets (`--target`), each a score the method exports in `targets()`:
 - `class_logit` (default) or `class_probability`: of each image's predicted class;
@@ -27,7 +27,7 @@ output of this launcher), replaced whole, so that only this launch's files are t
 - the method's own explanation beside them, from its module's `own_explanation` hook: for
   example ProtoPNet's "this looks like that" (`image_NNN/this_looks_like_that.png` and the
   class galleries), ProtoVAE's and Pantypes' decoded prototypes with the image's
-  similarities, FLINT's most relevant attributes;
+  similarities, KMEx's nearest centroids, FLINT's most relevant attributes;
 - `posthoc.json`: the settings, timings and the figures written.
 
 Then it rewrites the run's report, DIR/report/index.html (`protojax.runs.write_run_report`).
@@ -119,6 +119,17 @@ def resolve_target(spec: str, targets, images, predicted, prototype_class):
     )
 
 
+def prototype_classes(variables):
+    """`[P]` each prototype's class, or None for a model without prototypes. KMEx's centroids
+    come first: a KMEx run also holds its source's own prototypes."""
+    from protojax.methods.kmex import STATE
+
+    for collection in (STATE, "prototype_state"):
+        if "prototype_class" in variables.get(collection, {}):
+            return variables[collection]["prototype_class"]
+    return None
+
+
 def choose_explainers(flag: str, target: str, targets=None) -> list[str]:
     """The explainers to run: the flag's, checked, or every one that applies. `targets`: the
     method's, or None to check the flag alone (before the run loads)."""
@@ -177,7 +188,7 @@ def main(argv: list[str]) -> None:
     explainers = choose_explainers(FLAGS.explainers, FLAGS.target, targets)
     probabilities = np.asarray(jax.nn.softmax(method.predict(variables, images), axis=-1))
     predicted = probabilities.argmax(axis=1)
-    prototype_class = variables.get("prototype_state", {}).get("prototype_class")
+    prototype_class = prototype_classes(variables)
     score_fn, indices, described, prp_prototypes = resolve_target(
         FLAGS.target, targets, images, predicted, prototype_class
     )

@@ -244,25 +244,12 @@ def _protopnet_maps(method, variables, config, images, classes) -> dict[str, jax
         upsampled = upsample_activation(maps[row, :, :, top], images.shape[1:3])
         own.append(upsampled - jnp.min(upsampled))
         tops.append(top)
-    # PRP of the same prototype, from the add-on's last conv (before its sigmoid), with the
-    # official rules; the first rule's bounds are the model's input range.
-    latent = _bound(functools.partial(_pre_sigmoid_latent, method), variables)
-    relevance = explain.protopnet_relevance(variables["params"]["prototypes"], sigmoid=True)
-    inputs = normalize(images, config.data.normalization)
+    # PRP of the same prototype: the method's `prp` target (from the add-on's last conv,
+    # before its sigmoid) under the official rules, bounded by the model's input range.
     composite = explain.composite_by_name("prp", **_input_bounds(config))
-    prp = explain.prp(latent, relevance, inputs, targets=jnp.asarray(tops), composite=composite)
+    prp_score = method.targets(variables)["prp"]
+    prp = explain.lrp(prp_score, images, targets=jnp.asarray(tops), composite=composite)
     return {"own": jnp.stack(own), "prp": explain.reduce_channels(prp, "sum")}
-
-
-def _pre_sigmoid_latent(method, variables, images):
-    """ProtoPNet's add-on output before its final sigmoid, `[B, h, w, D]`, for PRP."""
-    from protojax.prototypes import layer
-
-    return method.net.apply(
-        layer.model_collections(variables),
-        images,
-        method=lambda net, x: net.add_on(net.backbone(x), logits=True),
-    )
 
 
 def _protovae_maps(method, variables, config, images, classes) -> dict[str, jax.Array]:

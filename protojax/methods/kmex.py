@@ -54,6 +54,7 @@ from protojax import config as config_lib
 from protojax.config import ConfigDict
 from protojax.data.base import Dataset
 from protojax.errors import UsageError
+from protojax.explain.prp import kmex_relevance, prp_score
 from protojax.methods import blackbox as blackbox_lib
 from protojax.methods import build_method, default_config, read_config, read_dataset
 from protojax.methods.common import class_logit, class_probability
@@ -315,15 +316,45 @@ class KMEx(Method):
         - `class_logit(images, classes [B])` and `class_probability(images, classes [B])`;
         - `embedding(images) -> [B, D]`, the source's embedding;
         - `prototype_similarity(images, prototypes [B])`: log((d + 1)/(d + 1e-4)) to centroid
-          `prototypes`, d Euclidean.
+          `prototypes`, d Euclidean;
+        - `prp(images, prototypes [B])`: `explain.prp.prp_score` of KMEx's latent relevance
+          (`explain.prp.kmex_relevance`, the official identity backward seeded with ones, so
+          the map is the same for every centroid), whose LRP (composite `prp`) is PRP through
+          the source's encoder. It starts at the embedding, or for a ProtoPNet source at the
+          add-on's pre-sigmoid latent, whose sigmoid passes relevance unchanged (as ProtoPNet's
+          own `prp` target).
         """
         partial = jax.tree_util.Partial
+        centroids = variables[STATE]["centroids"]
+        if self.source_name == "protopnet":
+            avg = self.config.model.pool == "avg"
+            through = _through_averaged_sigmoid if avg else _through_sigmoid
+            prp = partial(
+                prp_score,
+                partial(self._latent_logits, variables),
+                partial(through, kmex_relevance(centroids)),
+            )
+        else:
+            prp = partial(prp_score, partial(self.embed, variables), kmex_relevance(centroids))
         return {
-            "class_logit": partial(class_logit, self.predict, variables),
-            "class_probability": partial(class_probability, self.predict, variables),
+            "class_logit": partial(self._class_logit, variables),
+            "class_probability": partial(self._class_probability, variables),
             "embedding": partial(self.embed, variables),
             "prototype_similarity": partial(self._prototype_similarity, variables),
+            "prp": prp,
         }
+
+    # The bound `predict` sits in the Partial's function, not its arguments: the explainers
+    # pass targets through `jit`, where every argument must be an array.
+    def _class_logit(self, variables, images, classes):
+        return class_logit(self.predict, variables, images, classes)
+
+    def _class_probability(self, variables, images, classes):
+        return class_probability(self.predict, variables, images, classes)
+
+    def _latent_logits(self, variables, images):
+        """A ProtoPNet source's add-on output before its sigmoid `[B, h, w, D]`."""
+        return self.source._latent_logits(self.source_variables(variables), images)
 
     def _prototype_similarity(self, variables, images, prototypes):
         chosen = variables[STATE]["centroids"][prototypes.astype(jnp.int32)]  # [B, D]
@@ -400,6 +431,25 @@ class KMEx(Method):
         return [ctx.save_figure(fig, "kmex_prototypes.png")]
 
 
+def _through_sigmoid(relevance_fn, logits, targets):
+    """The relevance at a ProtoPNet source's pre-sigmoid 1×1 latent `[B, 1, 1, D]` of
+    `relevance_fn(embedding [B, D], targets)`, the embedding being its sigmoid, which passes
+    the relevance unchanged."""
+    latent = jax.nn.sigmoid(logits.astype(jnp.float32))
+    relevance = relevance_fn(latent.reshape(latent.shape[0], -1), targets)
+    return relevance.reshape(latent.shape)
+
+
+def _through_averaged_sigmoid(relevance_fn, logits, targets):
+    """As `_through_sigmoid` for the embedding averaged over the grid (`model.pool="avg"`),
+    whose LRP-0 splits each dimension's relevance over the grid in proportion to the sigmoid
+    values."""
+    latent = jax.nn.sigmoid(logits.astype(jnp.float32))
+    totals = jnp.sum(latent, axis=(1, 2), keepdims=True)  # [B, 1, 1, D]
+    relevance = relevance_fn(totals[:, 0, 0] / (latent.shape[1] * latent.shape[2]), targets)
+    return latent / totals * relevance[:, None, None, :]
+
+
 def build(config: ConfigDict, dataset: Dataset) -> KMEx:
     return KMEx(config, dataset)
 
@@ -409,7 +459,8 @@ def own_explanation(
 ) -> list[pathlib.Path]:
     """For each of `dataset.split(split)` images `indices`, the image beside its nearest
     centroids (each shown by its nearest training image), with class, distance and
-    importance; one figure `kmex_image_NNN.png` per image, written under `out`."""
+    importance; one figure `image_NNN/nearest_centroids.png` per image, written under `out`
+    beside the explain launcher's maps of the image."""
     from protojax.data.pipeline import normalize
     from protojax.explain.figures import nearest_prototypes, pyplot
 
@@ -437,7 +488,8 @@ def own_explanation(
             f"true {names[int(raw['label'][row])]}"
         )
         fig = nearest_prototypes(raw["image"][row], sources, texts, title=title)
-        path = out / f"kmex_image_{int(n):03d}.png"
+        path = out / f"image_{int(n):03d}" / "nearest_centroids.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
         pyplot().close(fig)
         paths.append(path)

@@ -4,9 +4,12 @@ the loaded method normalises itself.
 
 Each method is built from its digits config, shrunk, with freshly initialised weights: the
 explainers' properties checked here (shapes, finite maps, saliency against `jax.grad`,
-integrated gradients' completeness, PRP against `explain.prp.prp`) do not depend on training.
-Pantypes is ProtoVAE with another loss: it inherits ProtoVAE's targets and own explanation,
-which is checked instead of running the explainers a second time on the same network.
+integrated gradients' completeness, PRP against `explain.prp.prp` and its conservation) do
+not depend on training. The weights that start at zero are drawn instead, so that the scores
+depend on the image: KMEx's centroids (fitted by k-means in a run) and InfoDisent's head (0 at
+its start). Pantypes is ProtoVAE with another loss: it inherits ProtoVAE's targets and own
+explanation, which is checked instead of running the explainers a second time on the same
+network.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from protojax.data.digits import load_digits
 from protojax.data.pipeline import normalize
 from protojax.explain import EXPLAINERS, explain_all
 from protojax.explain.lrp import composite_by_name
-from protojax.explain.prp import protovae_relevance, prp
+from protojax.explain.prp import kmex_relevance, protovae_relevance, prp
 from protojax.methods import build_method
 from protojax.runs import LoadedMethod
 
@@ -42,12 +45,42 @@ METHODS = {
     ),
     "protovae": ("protovae_digits", {"model.prototypes_per_class": 2}),
     "flint": ("flint_digits", {}),
+    "kmex": ("kmex_digits", {"data.image_size": 16, "model.per_class": 2}),
+    "infodisent": ("infodisent_digits", {"data.image_size": 12}),
 }
+PRP_METHODS = ("protopnet", "protovae", "kmex")
 
 
+def _drawn(name, method, variables, images):
+    """The variables with KMEx's centroids or InfoDisent's head drawn at random."""
+    rng = np.random.default_rng(0)
+    if name == "kmex":
+        z = np.asarray(method.embed(variables, images))
+        scale = z.std() + 1e-3
+        count = method.num_prototypes
+        centroids = z[np.arange(count) % len(z)] + scale * rng.normal(size=(count, z.shape[1]))
+        state = {**variables["kmex"], "centroids": jnp.asarray(centroids, jnp.float32)}
+        return {**variables, "kmex": state}
+    if name == "infodisent":
+        kernel = variables["params"]["head"]["kernel"]
+        head = {
+            **variables["params"]["head"],
+            "kernel": jnp.asarray(rng.uniform(size=kernel.shape), kernel.dtype),
+        }
+        return {**variables, "params": {**variables["params"], "head": head}}
+    return variables
+
+
+# Compiled once per method, the score passed as an argument (eager calls would run the model
+# op by op).
 @jax.jit
 def _call(fn, *args):
     return fn(*args)
+
+
+@jax.jit
+def _input_gradient(score, images, classes):
+    return jax.grad(lambda x: jnp.sum(score(x, classes)))(images)
 
 
 @pytest.fixture(scope="module", params=list(METHODS))
@@ -59,9 +92,9 @@ def model(request):
     dataset = load_digits(image_size=config.data.image_size)
     method = build_method(config, dataset)
     images = dataset.split("test").get_batch(np.arange(B))["image"]
-    variables = method.init(
-        jax.random.key(0), {"image": normalize(images, config.data.normalization)}
-    )
+    normalized = normalize(images, config.data.normalization)
+    variables = method.init(jax.random.key(0), {"image": normalized})
+    variables = _drawn(request.param, method, variables, normalized)
     loaded = LoadedMethod(method, config.data.normalization)
     return request.param, method, loaded, variables, jnp.asarray(images)
 
@@ -82,12 +115,17 @@ def test_every_explainer_on_the_default_target(model):
     embedding = np.asarray(_call(targets["embedding"], images))
     assert embedding.ndim == 2 and embedding.shape[0] == B
 
-    has_prp = name in ("protopnet", "protovae")
+    has_prp = name in PRP_METHODS
     assert ("prp" in targets) == has_prp
     prototypes = jnp.asarray([1, 0]) if has_prp else None
+    # PRP's first layer is bounded by the model inputs' range, as the launcher sets it.
+    low, high = (
+        float(loaded.normalize(np.full((1, 1, 1, 1), v, np.float32)).item()) for v in (0, 1)
+    )
+    options = {**OPTIONS, "prp": {"low": low, "high": high}}
     result = explain_all(
         score, images, rng=jax.random.key(0), targets=predicted, embed_fn=targets["embedding"],
-        prp_fn=targets.get("prp"), prp_targets=prototypes, options=OPTIONS, image_batch=B,
+        prp_fn=targets.get("prp"), prp_targets=prototypes, options=options, image_batch=B,
     )  # fmt: skip
     expected = [e for e in EXPLAINERS if e != "prp" or has_prp]
     assert list(result.maps) == expected and result.nonfinite == {}
@@ -97,10 +135,10 @@ def test_every_explainer_on_the_default_target(model):
     assert np.all(result.maps["gradcam"] >= 0) and np.all(result.uncertainty >= 0)
 
     # Saliency is max_c |∂ score / ∂ pixel|, pixels in [0, 1].
-    grads = jax.grad(lambda x: jnp.sum(score(x, predicted)))(images)
+    grads = _input_gradient(score, images, predicted)
     np.testing.assert_allclose(result.maps["saliency"], np.abs(grads).max(-1), rtol=1e-4, atol=1e-7)
     # Completeness: IG sums to score(x) − score(black), up to the 64-step quadrature.
-    gap = np.asarray(score(images, predicted) - score(jnp.zeros_like(images), predicted))
+    gap = np.asarray(_call(score, images, predicted) - _call(score, 0 * images, predicted))
     total = result.maps["integrated_gradients"].sum(axis=(1, 2))
     np.testing.assert_allclose(total, gap, rtol=0.02, atol=1e-3 * np.abs(gap).max())
 
@@ -115,6 +153,27 @@ def test_every_explainer_on_the_default_target(model):
         np.testing.assert_allclose(
             result.maps["prp"], np.asarray(direct).sum(-1), rtol=1e-4, atol=1e-6
         )
+    if name == "kmex":  # the official seed: relevance 1 on each embedding dimension
+        direct = prp(
+            Partial(method.embed, variables),
+            kmex_relevance(variables["kmex"]["centroids"]),
+            loaded.normalize(images),
+            targets=prototypes,
+            composite=composite_by_name("prp", low=low, high=high),
+        )
+        np.testing.assert_allclose(
+            result.maps["prp"], np.asarray(direct).sum(-1), rtol=1e-4, atol=1e-6
+        )
+        # The prp rules hold no bias (and the fresh Dense biases are 0): the pixels' relevance
+        # sums to the embedding's, one per non-zero dimension (a zero one passes none).
+        totals = result.maps["prp"].sum(axis=(1, 2))
+        np.testing.assert_allclose(totals, (embedding != 0).sum(axis=1), rtol=1e-4)
+        # The identity backward ignores the centroid: the same map for every one.
+        other = explain_all(
+            None, images, rng=jax.random.key(0), prp_fn=targets["prp"],
+            prp_targets=jnp.asarray([3, 2]), explainers=["prp"], options=options, image_batch=B,
+        )  # fmt: skip
+        np.testing.assert_allclose(other.maps["prp"], result.maps["prp"], rtol=1e-5, atol=1e-7)
 
 
 def test_pantypes_explains_as_protovae():

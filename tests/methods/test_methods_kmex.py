@@ -13,6 +13,7 @@ import protojax
 from protojax.config import load_config, set_value
 from protojax.data.digits import load_digits
 from protojax.errors import UsageError
+from protojax.explain.lrp import composite_by_name, lrp
 from protojax.methods import build_method, default_config
 from protojax.methods import kmex as kmex_lib
 from protojax.runs import train as train_run
@@ -101,7 +102,10 @@ def test_kmex_trains_its_black_box_and_fits_centroids_on_training_embeddings(fit
     paths = kmex_lib.own_explanation(
         method, variables, config, digits, split="test", indices=np.arange(2), out=out
     )
-    assert [p.name for p in paths] == ["kmex_image_000.png", "kmex_image_001.png"]
+    assert [p.relative_to(out).as_posix() for p in paths] == [
+        "image_000/nearest_centroids.png",
+        "image_001/nearest_centroids.png",
+    ]
     assert all(p.stat().st_size > 0 for p in paths)
     targets = method.targets(variables)
     raw = digits.split("test").get_batch(np.arange(3))["image"]
@@ -109,6 +113,52 @@ def test_kmex_trains_its_black_box_and_fits_centroids_on_training_embeddings(fit
     dist = np.sqrt(dt[:3, [0, 5, 19]][np.arange(3), np.arange(3)])
     np.testing.assert_allclose(similarity, np.log((dist + 1) / (dist + 1e-4)), rtol=1e-4)
     np.testing.assert_allclose(targets["embedding"](jnp.asarray(raw)), zt[:3], rtol=1e-5)
+
+
+def test_explain_launcher_puts_prp_beside_the_nearest_centroids(python, fitted, digits):
+    """`python -m experiments.explain --explainers=prp` on a KMEx workdir: PRP of each
+    image's nearest centroid of its predicted class (not of its black box's classes), and the
+    report's page of each image holds PRP beside KMEx's nearest centroids."""
+    root, _ = fitted
+    run = root / "run"
+    args = ("-m", "experiments.explain", f"--workdir={run}", "--explainers=prp")
+    result = python(*args, "--num_images=2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = run / "explanations" / "test"
+    method, variables, _ = protojax.load_workdir(run)
+    state = {k: np.asarray(v) for k, v in variables["kmex"].items()}
+    test = digits.split("test").get_batch(np.arange(2))
+    z = np.asarray(method.embed(variables, jnp.asarray(test["image"])))
+    d = ((z[:, None] - state["centroids"][None]) ** 2).sum(-1)
+    for n in range(2):
+        folder = out / f"image_{n:03d}"
+        assert sorted(p.name for p in folder.glob("*.png")) == ["nearest_centroids.png", "prp.png"]
+        facts = json.loads((folder / "image.json").read_text())
+        predicted = state["prototype_class"][np.argmin(d[n])]
+        assert facts["prediction"] == digits.class_names[predicted]
+        own = np.flatnonzero(state["prototype_class"] == predicted)
+        assert facts["prp_prototype"] == own[np.argmin(d[n, own])]
+        page = (run / "report" / "pages" / f"explanations_test_image_{n}.html").read_text()
+        for name in ("prp.png", "nearest_centroids.png"):
+            assert f"explanations/test/image_{n:03d}/{name}" in page
+
+
+@pytest.mark.slow
+def test_evaluate_judges_the_centroids_and_their_prp_maps(fitted):
+    """`experiments.evaluate` on a KMEx run: its prototypes are the centroids (not its
+    source's), AD/AI runs on the PRP maps of each image's class centroids, and the diversity
+    entropy is the one KMEx's summary reports."""
+    from experiments import evaluate
+
+    root, summary = fitted
+    evaluate.evaluate_run(root / "run", explainers="saliency", num_images=2, batch_size=64)
+    saved = json.loads((root / "run" / "evaluation" / "evaluation.json").read_text())
+    assert saved["transparency"]["prototypes"] == 20
+    assert sum(saved["transparency"]["usage_counts"]) == 360  # digits' test split
+    ad_ai = saved["trustworthiness"]["ad_ai"]
+    assert ad_ai["pairs"] == 2 * 2 and 0 <= ad_ai["prp"]["AD"] <= 1
+    assert saved["diversity"]["entropy"] == pytest.approx(summary["diversity_entropy"], rel=1e-5)
+    assert "prototype_removal" in saved["not_applicable"]
 
 
 def test_kmex_on_a_source_workdir_reproduces_the_run_that_trained_it(fitted, digits):
@@ -138,6 +188,21 @@ def test_protopnet_source_needs_a_1x1_latent_or_avg_pool(tmp_path, digits):
     variables = jax.eval_shape(method.init, jax.random.key(0), batch)
     embedding = jax.eval_shape(method.embed, variables, batch["image"])
     assert embedding.shape == (2, source.model.prototype_dim)
+    # PRP through the ProtoPNet source starts at the add-on's pre-sigmoid latent: the
+    # averaged sigmoid's relevance (1 per dimension, the official seed) splits over the grid
+    # in proportion to the sigmoid values, then reaches the pixels whole (the prp rules hold
+    # no bias, and the fresh add-on's are 0 anyway).
+    images = jnp.asarray(digits.split("test").get_batch(np.arange(2))["image"])
+    variables = method.init(jax.random.key(0), {"image": images})
+    targets = method.targets(variables)
+    logits = np.asarray(method._latent_logits(variables, images), np.float64)
+    sig = 1 / (1 + np.exp(-logits))
+    relevance = targets["prp"].args[1](jnp.asarray(logits, jnp.float32), jnp.asarray([0, 3]))
+    expected = sig / sig.sum(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(relevance, expected, rtol=1e-5, atol=1e-7)
+    composite = composite_by_name("prp", low=0.0, high=1.0)
+    maps = lrp(targets["prp"], images, targets=jnp.asarray([0, 3]), composite=composite)
+    np.testing.assert_allclose(np.asarray(maps).sum(axis=(1, 2, 3)), logits.shape[-1], rtol=1e-4)
     set_value(source, "data.normalization", "symmetric")
     where = _source(tmp_path / "symmetric", source, digits)
     with pytest.raises(UsageError, match="data.normalization=symmetric"):
