@@ -354,7 +354,7 @@ class KMEx(Method):
 
     def _latent_logits(self, variables, images):
         """A ProtoPNet source's add-on output before its sigmoid `[B, h, w, D]`."""
-        return self.source._latent_logits(self.source_variables(variables), images)
+        return self.source.latent_logits(self.source_variables(variables), images)
 
     def _prototype_similarity(self, variables, images, prototypes):
         chosen = variables[STATE]["centroids"][prototypes.astype(jnp.int32)]  # [B, D]

@@ -280,7 +280,7 @@ class ProtoPNet(ClassTargets, Method):
         partial = jax.tree_util.Partial
         prp = partial(
             prp_score,
-            partial(self._latent_logits, variables),
+            partial(self.latent_logits, variables),
             protopnet_relevance(
                 variables["params"]["prototypes"], epsilon=self.config.model.epsilon, sigmoid=True
             ),
@@ -324,7 +324,9 @@ class ProtoPNet(ClassTargets, Method):
             self._apply(variables, feature_map, active, method=ProtoPNetModule.head), classes
         )
 
-    def _latent_logits(self, variables, images):
+    def latent_logits(self, variables, images):
+        """The add-on layers' output before their final sigmoid `[B, h, w, D]` of images
+        `[B, H, W, C]`: where PRP starts (a KMEx run on this source reads it too)."""
         return self._apply(variables, images, method=ProtoPNetModule.latent_logits)
 
     def _latent(self, variables, images):
