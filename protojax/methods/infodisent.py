@@ -58,7 +58,7 @@ from protojax.errors import UsageError
 from protojax.explain import channels as channel_explain
 from protojax.methods import blackbox
 from protojax.methods.common import ClassTargets, accuracy, cross_entropy, pick
-from protojax.nn.infodisent import InfoDisentNet, Readout
+from protojax.nn.infodisent import InfoDisentNet, Readout, with_fixed_unmixing
 from protojax.nn.receptive_field import receptive_field_boxes
 from protojax.nn.weights import load_backbone, load_configured_backbone
 from protojax.prototypes.channels import orthogonal_unmixing
@@ -226,6 +226,8 @@ class InfoDisent(ClassTargets, Method):
           `head(feature_map, classes)` for Grad-CAM.
         """
         partial = jax.tree_util.Partial
+        # U once here rather than a matrix exponential in every explainer's program and call.
+        variables = with_fixed_unmixing(variables)
         return {
             **self.class_targets(variables),
             "channel_value": partial(self._channel_value, variables),

@@ -17,16 +17,33 @@ from protojax.prototypes.channels import MxPoolResult, mx_pool, orthogonal_unmix
 
 class ChannelUnmixing(nn.Module):
     """`[B, h, w, D]` → the same map with every pixel's channel vector rotated by
-    U = expm(A − Aᵀ); A (`a`, `[D, D]`) starts at 0."""
+    U = expm(A − Aᵀ); A (`a`, `[D, D]`) starts at 0.
+
+    A U given in the `unmixing` collection (`u`, `[D, D]`, see `with_fixed_unmixing`) is used
+    as it is: calls that hold A fixed (explanations) then compute no matrix exponential."""
 
     @nn.compact
     def __call__(self, feature_map: jax.Array) -> jax.Array:
         d = feature_map.shape[-1]
-        u = orthogonal_unmixing(self.param("a", nn.initializers.zeros, (d, d), jnp.float32))
+        a = self.param("a", nn.initializers.zeros, (d, d), jnp.float32)
+        if self.has_variable("unmixing", "u"):
+            u = self.get_variable("unmixing", "u")
+        else:
+            u = orthogonal_unmixing(a)
         # U once per call, applied per pixel: Z_hw = U F_hw.
         return jnp.einsum(
             "bhwd,jd->bhwj", feature_map, u, precision=jax.lax.Precision.HIGHEST
         ).astype(jnp.float32)
+
+
+_unmixing = jax.jit(orthogonal_unmixing)
+
+
+def with_fixed_unmixing(variables: dict) -> dict:
+    """`InfoDisentNet` variables with U = expm(A − Aᵀ) computed once, in the `unmixing`
+    collection, for calls that do not differentiate with respect to A."""
+    u = _unmixing(variables["params"]["unmix"]["a"])
+    return {**variables, "unmixing": {"unmix": {"u": u}}}
 
 
 class NonNegativeLinear(nn.Module):

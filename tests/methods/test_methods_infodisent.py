@@ -31,6 +31,9 @@ def test_unmixing_is_a_rotation_applied_per_pixel():
     params = {"params": {"a": jnp.asarray(a)}}
     rotated = np.asarray(module.apply(params, jnp.asarray(features)))
     np.testing.assert_allclose(rotated, features @ u.T, rtol=1e-4, atol=1e-4)
+    # A U given in the `unmixing` collection (explanations) is used as it is, whatever A.
+    given = {**params, "unmixing": {"u": jnp.eye(d)}}
+    np.testing.assert_allclose(np.asarray(module.apply(given, features)), features, atol=1e-6)
     # A starts at 0: U = I, the map unchanged.
     zero = module.init(jax.random.key(0), jnp.asarray(features))
     assert not np.asarray(zero["params"]["a"]).any()
