@@ -203,21 +203,21 @@ def source_config(config: ConfigDict, *, epochs: int, lr: float) -> ConfigDict:
     )
 
 
-def train_first(config: ConfigDict, ctx, *, epochs: int, lr: float) -> pathlib.Path:
-    """Trains (or resumes, or reuses once finished) the black box of `source_config` into
-    `ctx.workdir / SOURCE_SUBDIR`, says so in the log, and returns that folder."""
+def train_first(blackbox: ConfigDict, ctx) -> pathlib.Path:
+    """Trains (or resumes, or reuses once finished) the black box of config `blackbox` into
+    `ctx.workdir / SOURCE_SUBDIR`, says so in the log, and returns that folder: the source of
+    a method that explains a black box and was given none (InfoDisent, KMEx)."""
     from protojax.train import loop
 
     path = ctx.workdir / SOURCE_SUBDIR
     if (path / wd.SUMMARY).is_file():
         return path
-    blackbox = source_config(config, epochs=epochs, lr=lr)
     log.info(
         "No trained source given (model.source_workdir, model.backbone_weights): training the "
         "black box of this config first, into %s.",
         path,
     )
-    ctx.log(event="train_blackbox_first", workdir=str(path), epochs=epochs)
+    ctx.log(event="train_blackbox_first", workdir=str(path), epochs=blackbox.train.epochs)
     loop.run(BlackBox(blackbox, ctx.dataset), blackbox, path, ctx.mesh, dataset=ctx.dataset)
     return path
 

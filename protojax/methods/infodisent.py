@@ -287,7 +287,9 @@ class InfoDisent(ClassTargets, Method):
 
     def _blackbox_first(self, variables, ctx):
         m = self.config.model
-        path = blackbox.train_first(self.config, ctx, epochs=m.source_epochs, lr=m.source_lr)
+        path = blackbox.train_first(
+            blackbox.source_config(self.config, epochs=m.source_epochs, lr=m.source_lr), ctx
+        )
         return load_backbone(variables, path, arch=m.backbone)
 
     # --- the feature cache -------------------------------------------------------------

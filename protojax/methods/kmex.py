@@ -42,7 +42,6 @@ for ProtoPNet, as the official `evaluation.py::diversity`).
 from __future__ import annotations
 
 import functools
-import logging
 import pathlib
 
 import jax
@@ -67,13 +66,8 @@ from protojax.prototypes.distances import l2_distances, log_similarity
 from protojax.prototypes.diversity import prototype_diversity_entropy
 from protojax.train import loop
 from protojax.train.protocol import Method, Phase
-from protojax.train.workdir import SUMMARY
-
-log = logging.getLogger("protojax")
 
 STATE = "kmex"
-# The sub-folder of the workdir where the black box trains when there is no source.
-BLACKBOX_DIR = "blackbox"
 # The similarity's eps of the official soft prediction and diversity (1e-4).
 EPS = 1e-4
 # Sources whose own prototypes live in the embedding KMEx clusters (squared distances?).
@@ -254,16 +248,7 @@ class KMEx(Method):
         trained (or resumed) in WORKDIR/blackbox first."""
         if self.config.model.source_workdir:
             return pathlib.Path(self.config.model.source_workdir)
-        where = pathlib.Path(ctx.workdir) / BLACKBOX_DIR
-        if not (where / SUMMARY).is_file():
-            log.info(
-                "KMEx: model.source_workdir is empty, so the black box of this config trains "
-                "first, into %s.",
-                where,
-            )
-            ctx.log(event="training the black box", workdir=str(where))
-            loop.run(self.source, self.source_config, where, ctx.mesh, dataset=ctx.dataset)
-        return where
+        return blackbox_lib.train_first(self.source_config, ctx)
 
     def fit(self, variables, ctx):
         """The `after` operation: restores the source, embeds the training split and fits the

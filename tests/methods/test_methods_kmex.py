@@ -65,7 +65,7 @@ def test_kmex_trains_its_black_box_and_fits_centroids_on_training_embeddings(fit
     run = root / "run"
     blackbox_summary = json.loads((run / "blackbox" / wd.SUMMARY).read_text())
     records = [json.loads(line) for line in (run / wd.METRICS).read_text().splitlines()]
-    events = [r for r in records if r.get("event") == "training the black box"]
+    events = [r for r in records if r.get("event") == "train_blackbox_first"]
     assert events and events[0]["workdir"] == str(run / "blackbox")
 
     method, variables, config = protojax.load_workdir(run)
