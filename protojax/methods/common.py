@@ -47,6 +47,8 @@ class ClassTargets:
             "embedding": partial(self.embed, variables),
         }
 
+    # The bound `predict` sits in the Partial's function, not its arguments: the explainers
+    # pass targets through `jit`, where every argument must be an array.
     def _class_logit(self, variables, images, classes):
         return class_logit(self.predict, variables, images, classes)
 

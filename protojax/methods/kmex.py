@@ -56,7 +56,7 @@ from protojax.errors import UsageError
 from protojax.explain.prp import kmex_relevance, prp_score
 from protojax.methods import blackbox as blackbox_lib
 from protojax.methods import build_method, default_config, read_config, read_dataset
-from protojax.methods.common import class_logit, class_probability
+from protojax.methods.common import ClassTargets
 from protojax.prototypes.centroids import (
     class_kmeans,
     nearest_centroid_logits,
@@ -127,7 +127,7 @@ def _check_options(m: ConfigDict) -> None:
         raise UsageError("model.n_init and model.max_iter must be ≥ 1 and model.tol ≥ 0.")
 
 
-class KMEx(Method):
+class KMEx(ClassTargets, Method):
     name = "kmex"
 
     def __init__(self, config: ConfigDict, dataset: Dataset):
@@ -322,20 +322,10 @@ class KMEx(Method):
         else:
             prp = partial(prp_score, partial(self.embed, variables), kmex_relevance(centroids))
         return {
-            "class_logit": partial(self._class_logit, variables),
-            "class_probability": partial(self._class_probability, variables),
-            "embedding": partial(self.embed, variables),
+            **self.class_targets(variables),
             "prototype_similarity": partial(self._prototype_similarity, variables),
             "prp": prp,
         }
-
-    # The bound `predict` sits in the Partial's function, not its arguments: the explainers
-    # pass targets through `jit`, where every argument must be an array.
-    def _class_logit(self, variables, images, classes):
-        return class_logit(self.predict, variables, images, classes)
-
-    def _class_probability(self, variables, images, classes):
-        return class_probability(self.predict, variables, images, classes)
 
     def _latent_logits(self, variables, images):
         """A ProtoPNet source's add-on output before its sigmoid `[B, h, w, D]`."""
