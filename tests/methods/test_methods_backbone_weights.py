@@ -177,3 +177,24 @@ def test_black_box_loads_backbone_weights_and_keeps_its_head(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="protojax"):
         assert method.load_pretrained(fresh) is fresh
     assert "No backbone weights at" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "name, arch", [("protopnet_cub", "resnet34"), ("infodisent_cub", "resnet50")]
+)
+def test_big_configs_need_their_weights_file(tmp_path, name, arch):
+    """Without the converted weights a fine-grained config stops with one sentence naming the
+    file, the conversion command and the opt-out."""
+    config = load_config(name)
+    set_value(config, "data.image_size", 32)
+    set_value(config, "model.backbone_weights", str(tmp_path / f"{arch}_imagenet.npz"))
+    method = build_method(config, describe(config.data))
+    variables = jax.eval_shape(
+        method.init, jax.random.key(0), {"image": np.zeros((1, 32, 32, 3), np.float32)}
+    )
+    with pytest.raises(CheckpointError) as info:
+        method.load_pretrained(variables)
+    message = str(info.value)
+    assert str(tmp_path / f"{arch}_imagenet.npz") in message
+    assert f"python -m experiments.convert_weights --arch={arch}" in message
+    assert "model.allow_random_init=True" in message

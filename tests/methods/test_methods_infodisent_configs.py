@@ -2,14 +2,10 @@
 32 px from a random backbone, and stop without their ImageNet weights unless allowed to."""
 
 import jax
-import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from protojax.config import load_config, set_value
-from protojax.data.specs import describe
-from protojax.errors import CheckpointError
-from protojax.methods import build_method
 from protojax.runs import train as train_run
 from protojax.train import make_data_mesh
 
@@ -50,18 +46,3 @@ def test_big_config_runs_under_mock_data(tmp_path, name, classes, backbone):
     assert 0.0 <= summary["test_accuracy"] <= 1.0
     assert summary["head_weight_min"] >= 0.0
     assert (tmp_path / "checkpoints").is_dir()
-
-
-def test_big_configs_need_their_weights_file(tmp_path):
-    config = load_config("infodisent_cub")
-    set_value(config, "data.image_size", 32)
-    set_value(config, "model.backbone_weights", str(tmp_path / "resnet50_imagenet.npz"))
-    method = build_method(config, describe(config.data))
-    variables = jax.eval_shape(
-        method.init, jax.random.key(0), {"image": np.zeros((1, 32, 32, 3), np.float32)}
-    )
-    with pytest.raises(CheckpointError) as info:
-        method.load_pretrained(variables)
-    message = str(info.value)
-    assert "python -m experiments.convert_weights --arch=resnet50" in message
-    assert "model.allow_random_init=True" in message

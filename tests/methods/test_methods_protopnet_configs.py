@@ -4,14 +4,10 @@
 import json
 
 import jax
-import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from protojax.config import load_config, set_value
-from protojax.data.specs import describe
-from protojax.errors import CheckpointError
-from protojax.methods import build_method
 from protojax.runs import train as train_run
 from protojax.train import make_data_mesh
 
@@ -74,22 +70,6 @@ def test_big_config_runs_every_phase_under_mock_data(tmp_path, name, classes, ba
         assert all(e["source_label"] == e["class"] for e in entries)
         # Every ResNet-34 location at 32 px (a 1×1 grid) sees the whole image.
         assert all(e["receptive_field_box"] == [0, 0, 32, 32] for e in entries)
-
-
-def test_big_configs_need_their_weights_file(tmp_path):
-    config = load_config("protopnet_cub")
-    set_value(config, "data.image_size", 32)
-    set_value(config, "model.backbone_weights", str(tmp_path / "resnet34_imagenet.npz"))
-    method = build_method(config, describe(config.data))
-    variables = jax.eval_shape(
-        method.init, jax.random.key(0), {"image": np.zeros((1, 32, 32, 3), np.float32)}
-    )
-    with pytest.raises(CheckpointError) as info:
-        method.load_pretrained(variables)
-    message = str(info.value)
-    assert str(tmp_path / "resnet34_imagenet.npz") in message
-    assert "python -m experiments.convert_weights --arch=resnet34" in message
-    assert "model.allow_random_init=True" in message
 
 
 @pytest.mark.parametrize("name", ["protopnet_cub", "protopnet_cars"])
