@@ -79,6 +79,34 @@ def explainer_names(flag: str) -> list[str]:
     return names
 
 
+# PRP's LRP rules in the explain and evaluate launchers (`--prp_composite`); docs/fidelity.md
+# gives the measurements behind the default.
+PRP_COMPOSITE = "prp_zplus"
+PRP_COMPOSITE_HELP = (
+    "LRP composite of the PRP maps: prp_zplus (the official rules with z⁺ for Dense layers "
+    "too, whose maps follow the digits' strokes) or prp (the official rules: ε for Dense layers)."
+)
+
+
+def check_prp_composite(flag: str) -> None:
+    """Stops with a UsageError when --prp_composite names no LRP composite."""
+    from protojax.explain import composite_by_name
+
+    try:
+        composite_by_name(flag)
+    except ValueError as error:
+        raise UsageError(f"--prp_composite: {error}") from None
+
+
+def prp_options(flag: str, normalize, channels: int) -> dict:
+    """PRP's `explain_all` options: the composite named by --prp_composite and the bounds of
+    the model input's range."""
+    from protojax.explain import input_bounds
+
+    check_prp_composite(flag)
+    return {"composite": flag, **input_bounds(normalize, channels)}
+
+
 HELP_FLAGS = ("--help", "-h", "--helpfull", "-help")
 
 

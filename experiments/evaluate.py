@@ -69,6 +69,7 @@ def define_flags() -> None:
     flags.DEFINE_string("split", "test", "Split evaluated.")
     flags.DEFINE_integer("seed", 0, "Seed of the explainers' and metrics' random draws.")
     flags.DEFINE_integer("batch_size", 256, "Images (or perturbed images) evaluated at once.")
+    flags.DEFINE_string("prp_composite", cli.PRP_COMPOSITE, cli.PRP_COMPOSITE_HELP)
 
 
 DEFAULT_EXPLAINERS = ("saliency", "integrated_gradients", "gradcam", "occlusion", "rise", "lrp")
@@ -201,14 +202,14 @@ def _leaves(tree, path=()):
 
 
 # --- explanations ----------------------------------------------------------------------------
-def explainer_maps(names, targets, images, predicted, prp_targets, *, rng, batch_size, bounds):
+def explainer_maps(names, targets, images, predicted, prp_targets, *, rng, batch_size, prp):
     """`({explainer: [B, H, W]}, {explainer: reason})`, each explainer run on its own so that
     one that cannot run on this model (say, LRP on an unsupported layer) is reported."""
     from protojax.explain import explain_all
 
     maps, skipped = {}, {}
     for name in names:
-        options = {"prp": bounds} if name == "prp" else {}
+        options = {"prp": prp} if name == "prp" else {}
         try:
             result = explain_all(
                 targets["class_logit"], images, rng=rng, targets=predicted,
@@ -325,6 +326,7 @@ def evaluate_run(
     split_name: str = "test",
     seed: int = 0,
     batch_size: int = 256,
+    prp_composite: str = cli.PRP_COMPOSITE,
 ) -> dict:
     """Evaluates one run and writes DIR/evaluation/; returns the JSON record."""
     import jax
@@ -333,7 +335,6 @@ def evaluate_run(
     import protojax
     from protojax import metrics
     from protojax.data import load_dataset
-    from protojax.explain import input_bounds
 
     progress = Progress(12)
     method, variables, config = protojax.load_workdir(workdir)
@@ -445,6 +446,8 @@ def evaluate_run(
     # Explanations of the first images.
     chosen = np.arange(min(num_images, len(split)))
     record["run"]["num_images"] = int(chosen.size)
+    if "prp" in targets:
+        record["run"]["prp_composite"] = prp_composite
     batch = split.get_batch(chosen)
     images = jnp.asarray(batch["image"])
     predicted = np.argmax(logits[chosen], axis=1)
@@ -455,11 +458,11 @@ def evaluate_run(
         prp_targets = np.argmax(np.where(own_class, sims[chosen], -np.inf), axis=1)
     names = choose_explainers(explainers, targets)
     progress(f"explainers {', '.join(names)} on {chosen.size} images")
-    bounds = input_bounds(getattr(method, "normalize", None), images.shape[-1])
+    prp = cli.prp_options(prp_composite, getattr(method, "normalize", None), images.shape[-1])
     rng = jax.random.key(seed)
     maps, skipped = explainer_maps(
         names, targets, images, predicted, prp_targets, rng=rng, batch_size=batch_size,
-        bounds=bounds,
+        prp=prp,
     )  # fmt: skip
     for name, reason in skipped.items():
         na[f"explainer {name}"] = reason
@@ -523,7 +526,7 @@ def evaluate_run(
         progress("AD/AI on prototype similarity with PRP")
         trust["ad_ai"] = ad_ai(
             targets, images, np.asarray(batch["label"]), classes, prototypes[2], rng=rng,
-            bounds=bounds, batch_size=batch_size,
+            prp=prp, batch_size=batch_size,
         )  # fmt: skip
     else:
         na["ad_ai"] = "the method exports no prp and prototype_similarity targets"
@@ -633,7 +636,7 @@ def last_layer(variables, prototypes):
     return None, None
 
 
-def ad_ai(targets, images, labels, classes, active, *, rng, bounds, batch_size) -> dict:
+def ad_ai(targets, images, labels, classes, active, *, rng, prp, batch_size) -> dict:
     """KMEx's AD/AI over every (image, prototype of its true class) pair, with PRP maps, and
     with random maps as the reference an explanation must beat."""
     import jax
@@ -648,7 +651,7 @@ def ad_ai(targets, images, labels, classes, active, *, rng, bounds, batch_size) 
     pair_images = images[rows]
     relevance = explain_all(
         None, pair_images, rng=rng, prp_fn=targets["prp"], prp_targets=protos,
-        explainers=["prp"], options={"prp": bounds}, batch_size=batch_size,
+        explainers=["prp"], options={"prp": prp}, batch_size=batch_size,
     ).maps["prp"]  # fmt: skip
     # KMEx's fixed random image: U[0, 1] noise, drawn once (images are in [0, 1] here).
     fill = jax.random.uniform(jax.random.key(0), images.shape[1:])
@@ -669,6 +672,7 @@ def ad_ai(targets, images, labels, classes, active, *, rng, bounds, batch_size) 
             "AI": float(np.concatenate(rises).mean()),
         }
     result["pairs"] = int(len(rows))
+    result["composite"] = prp["composite"]
     return result
 
 
@@ -960,7 +964,8 @@ def run_markdown(record: dict) -> str:
         lines += ["", f"AD/AI on prototype similarity ({a['pairs']} image–prototype pairs of "
                   f"the true class): {d['ad_ai']}", "", "| maps | AD (↑) | AI (↓) |",
                   "|---|---|---|"]  # fmt: skip
-        lines += [f"| {k} | {_fmt(a[k]['AD'])} | {_fmt(a[k]['AI'])} |" for k in ("prp", "random")]
+        for label, key in ((f"prp ({a['composite']})", "prp"), ("random", "random")):
+            lines.append(f"| {label} | {_fmt(a[key]['AD'])} | {_fmt(a[key]['AI'])} |")
     if "prototype_removal" in trust:
         r = trust["prototype_removal"]
         lines += ["", f"Prototype removal: {d['removal']}", "",
@@ -1109,6 +1114,7 @@ def main(argv: list[str]) -> None:
         raise UsageError("Pass either --workdir=DIR (one run) or --workdirs=D1,D2,... --out=DIR.")
     if FLAGS.num_images < 1 or FLAGS.batch_size < 1:
         raise UsageError("--num_images and --batch_size must be ≥ 1.")
+    cli.check_prp_composite(FLAGS.prp_composite)
     options = {
         "blackbox_workdir": FLAGS.blackbox_workdir,
         "explainers": FLAGS.explainers,
@@ -1116,6 +1122,7 @@ def main(argv: list[str]) -> None:
         "split_name": FLAGS.split,
         "seed": FLAGS.seed,
         "batch_size": FLAGS.batch_size,
+        "prp_composite": FLAGS.prp_composite,
     }
     if FLAGS.workdir:
         evaluate_run(pathlib.Path(FLAGS.workdir), **options)

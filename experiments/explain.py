@@ -2,6 +2,7 @@
 
   python -m experiments.explain --workdir=DIR [--explainers=saliency,smoothgrad,...]
       [--num_images=8] [--target=class_logit] [--split=test] [--batch_size=256] [--out=DIR]
+      [--prp_composite=prp_zplus]
 
 Explainers (`--explainers`, comma-separated, in the grid's column order; default: every one
 that applies): saliency, smoothgrad, integrated_gradients, gradcam, occlusion, rise, relax,
@@ -13,7 +14,9 @@ Targets (`--target`), each a score the method exports in `targets()`:
 - `nearest_prototype`: the similarity to each image's most similar prototype;
 - `latent`: the embedding, which only RELAX explains (RELAX always explains the embedding).
 PRP explains prototype J for `prototype:J`, and otherwise each image's most similar prototype
-(of its predicted class, for the class targets).
+(of its predicted class, for the class targets), with the LRP composite `--prp_composite`:
+`prp_zplus` (default: the official rules with z⁺ for Dense layers too) or `prp` (the official
+rules); they differ on encoders with Dense layers (ProtoVAE, Pantypes), see docs/fidelity.md.
 
 The explainers see images in [0, 1] (the loaded run normalises inside, see
 `protojax.load_workdir`): integrated gradients' baseline, occlusion's fill and the masks of
@@ -57,6 +60,7 @@ flags.DEFINE_integer("batch_size", 256, "Perturbed images an explainer evaluates
 flags.DEFINE_string("gradcam_layer", "", "Module path Grad-CAM explains (default: the backbone).")
 flags.DEFINE_integer("seed", 0, "Seed of SmoothGrad's noise and the RISE and RELAX masks.")
 flags.DEFINE_string("out", "", "Output folder (default: WORKDIR/explanations/SPLIT).")
+flags.DEFINE_string("prp_composite", cli.PRP_COMPOSITE, cli.PRP_COMPOSITE_HELP)
 
 LATENT = "latent"
 CLASS_TARGETS = ("class_logit", "class_probability")
@@ -163,11 +167,12 @@ def main(argv: list[str]) -> None:
     if FLAGS.num_images < 1 or FLAGS.batch_size < 1:
         raise UsageError("--num_images and --batch_size must be ≥ 1.")
     choose_explainers(FLAGS.explainers, FLAGS.target)
+    cli.check_prp_composite(FLAGS.prp_composite)
     import jax
 
     import protojax
     from protojax.data import load_dataset
-    from protojax.explain import explain_all, input_bounds
+    from protojax.explain import explain_all
     from protojax.explain.figures import save
     from protojax.explain.grid import comparison_grid, explanation_figure
     from protojax.methods import method_module
@@ -195,7 +200,9 @@ def main(argv: list[str]) -> None:
     embed_fn = targets.get("embedding", jax.tree_util.Partial(method.embed, variables))
     options = {"gradcam": {"layer": FLAGS.gradcam_layer}} if FLAGS.gradcam_layer else {}
     if "prp" in explainers:
-        options["prp"] = input_bounds(getattr(method, "normalize", None), images.shape[-1])
+        options["prp"] = cli.prp_options(
+            FLAGS.prp_composite, getattr(method, "normalize", None), images.shape[-1]
+        )
     try:
         result = explain_all(
             score_fn, images, rng=jax.random.key(FLAGS.seed), targets=indices,

@@ -105,6 +105,12 @@ def composite_by_name(
     - `prp`: the rules of the official PRP code (ProtoVAE's `prp.py`, KMEx's
       `utils/prp.py`): z^β for the first layer and α = 1, β = 0 for the other convolutions,
       both ignoring the bias, and ε = `epsilon` for Dense layers with their bias.
+    - `prp_zplus`: `prp` with z⁺ (ignoring the bias) for Dense layers as well. PRP places a
+      positive relevance on every latent dimension, whatever its value; the ε-rule then
+      divides it by pre-activations near zero, and ProtoVAE's two encoder Dense layers turn it
+      into large patches of either sign. z⁺ keeps it positive, and the maps follow the
+      strokes (`docs/fidelity.md`, PRP). It equals `prp` on encoders without Dense layers
+      (ProtoPNet's, a CNN black box's under KMEx).
     """
     dense = Rule("epsilon", epsilon)
     box = Rule("zbox", 1e-6, low=low, high=high, ignore_bias=True)
@@ -118,6 +124,9 @@ def composite_by_name(
         "epsilon_alpha2_beta1": Composite(dense, ab21),
         "epsilon_alpha2_beta1_flat": Composite(dense, ab21, flat),
         "prp": Composite(dense, zplus(epsilon=1e-12, ignore_bias=True), box),
+        "prp_zplus": Composite(
+            zplus(epsilon=1e-12, ignore_bias=True), zplus(epsilon=1e-12, ignore_bias=True), box
+        ),
     }
     if name not in composites:
         raise ValueError(f"Unknown LRP composite {name!r}; choose one of {sorted(composites)}.")

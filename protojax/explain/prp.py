@@ -3,7 +3,9 @@
 PRP explains a prototype's similarity by LRP: a relevance is placed on the latent
 representation, from the prototype, and propagated to the pixels with the LRP rules of
 `protojax.explain.lrp` (by default the `prp` composite of the official code: z^β for the
-first layer, z⁺ ignoring the bias for the other convolutions, ε = 1e-6 for Dense layers).
+first layer, z⁺ ignoring the bias for the other convolutions, ε = 1e-6 for Dense layers; the
+explain and evaluate launchers default to `prp_zplus`, z⁺ for Dense layers too, whose maps
+follow the image where the ε-rule's do not: docs/fidelity.md, "PRP").
 
 The relevance functions below build that latent relevance for each family of prototypes:
 

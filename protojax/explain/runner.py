@@ -48,8 +48,9 @@ EMBEDDING_EXPLAINERS = ("relax",)
 # `default_gradcam_layer`. RELAX's 3,000 masks are the official default. LRP and PRP maps are
 # the signed relevance summed over channels (which keeps conservation); LRP's default composite
 # needs no input bounds (z⁺ for convolutions, ε for Dense layers, flat first layer); PRP's
-# composite is the official one (`composite_by_name("prp")`), whose first layer is z^β bounded
-# by `low` and `high`, the model input's range (floats, or tuples of one per channel).
+# `composite` is a name for `composite_by_name`, by default the official one (`prp`), whose
+# first layer is z^β bounded by `low` and `high`, the model input's range (floats, or tuples
+# of one per channel).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "saliency": {"reduce": "max_abs"},
     "smoothgrad": {"num_samples": 50, "sigma": 0.15, "reduce": "abs_sum"},
@@ -59,7 +60,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "rise": {"num_masks": 2000, "grid": 7, "p_keep": 0.5},
     "relax": {"num_masks": 3000, "grid": 7, "p_keep": 0.5},
     "lrp": {"composite": "epsilon_plus_flat", "reduce": "sum"},
-    "prp": {"low": -1.0, "high": 1.0, "reduce": "sum"},
+    "prp": {"composite": "prp", "low": -1.0, "high": 1.0, "reduce": "sum"},
 }
 
 
@@ -108,6 +109,8 @@ def explainer_settings(
                 f"{', '.join(DEFAULTS[name])}."
             )
         settings[name] = {**DEFAULTS[name], **given}
+    if "prp" in settings:
+        composite_by_name(settings["prp"]["composite"])  # an unknown name stops here
     if "occlusion" in settings:
         occ = settings["occlusion"]
         occ["patch"] = occ["patch"] or max(2, min(image_size) // 8)
@@ -256,10 +259,10 @@ def _run_one(name, s, score_fn, embed_fn, images, targets, samples, masks, rng):
 
 
 def _prp(s, prp_fn, images, prototypes):
-    """PRP of one chunk: LRP of the method's `prp` score with the official composite."""
+    """PRP of one chunk: LRP of the method's `prp` score with the settings' composite."""
     bounds = {key: tuple(v) if isinstance(v, list | tuple) else float(v)
               for key, v in (("low", s["low"]), ("high", s["high"]))}  # fmt: skip
-    composite = composite_by_name("prp", **bounds)
+    composite = composite_by_name(s["composite"], **bounds)
     return reduce_channels(
         lrp(prp_fn, images, targets=prototypes, composite=composite), s["reduce"]
     )

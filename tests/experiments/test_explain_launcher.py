@@ -26,6 +26,13 @@ def _workdir(tmp_path, name="protovae_digits"):
             "integrated_gradients, gradcam, occlusion, rise, relax, lrp, prp.",
         ),
         (
+            ["--prp_composite=zplus"],
+            2,
+            "--prp_composite: Unknown LRP composite 'zplus'; choose one of ['epsilon', "
+            "'epsilon_alpha2_beta1', 'epsilon_alpha2_beta1_flat', 'epsilon_plus', "
+            "'epsilon_plus_box', 'epsilon_plus_flat', 'prp', 'prp_zplus'].",
+        ),
+        (
             ["--config=protovae_digits"],
             2,
             "experiments.explain reads the run's config from --workdir; drop --config.",
@@ -37,7 +44,7 @@ def _workdir(tmp_path, name="protovae_digits"):
             "command on this workdir to start it.",
         ),
     ],
-    ids=["unknown_explainer", "config_flag", "no_dataset"],
+    ids=["unknown_explainer", "unknown_prp_composite", "config_flag", "no_dataset"],
 )
 def test_errors_end_in_one_sentence_and_write_nothing(python, tmp_path, flags, code, sentence):
     workdir = _workdir(tmp_path)

@@ -494,11 +494,17 @@ def mu_of(model, variables, images):
     return model.apply(variables, images)[0]
 
 
-def protovae_prp_reference(v, images, prototypes, targets):
+def protovae_prp_reference(v, images, prototypes, targets, composite):
     """The official PRP rules (`ProtoVAE:prp.py`) on the forward-preserving canonisation:
     z^β (−1, 1) for the first conv and z⁺ for the second, both ignoring the bias; ε = 1e-6 for
-    Dense layers and pooling; a BN after a ReLU passes relevance unchanged; nothing flows
-    through an inactive ReLU."""
+    Dense layers (`prp`; z⁺ ignoring the bias for `prp_zplus`) and pooling; a BN after a ReLU
+    passes relevance unchanged; nothing flows through an inactive ReLU."""
+
+    def dense_rule(x, layer, r):
+        if composite == "prp":
+            return epsilon_rule(x, layer["kernel"], layer["bias"], r, 1e-6)
+        return alpha_beta_rule(x, layer["kernel"], 0.0, r, 1.0, 0.0, 1e-12, ignore_bias=True)
+
     p, stats = v["params"], v["batch_stats"]
 
     def bn(x, k):
@@ -522,8 +528,8 @@ def protovae_prp_reference(v, images, prototypes, targets):
         hidden = np.maximum(a2 @ d0["kernel"] + d0["bias"], 0)
         mu = (hidden @ d1["kernel"] + d1["bias"])[:LATENT]
         r = np.concatenate([1.0 / ((mu - prototypes[target]) ** 2 + 1e-4), np.zeros(LATENT)])
-        r = epsilon_rule(hidden, d1["kernel"], d1["bias"], r, 1e-6)
-        r = epsilon_rule(a2, d0["kernel"], d0["bias"], r, 1e-6)
+        r = dense_rule(hidden, d1, r)
+        r = dense_rule(a2, d0, r)
         r = epsilon_rule(n1, pool1, 0.0, r, 1e-6) * (r1 > 0)
         r = alpha_beta_rule(a1, m1, 0.0, r, 1.0, 0.0, 1e-12, ignore_bias=True)
         r = epsilon_rule(n0, pool0, 0.0, r, 1e-6) * (r0 > 0)
@@ -536,7 +542,8 @@ def digit_like():
     return np.random.default_rng(12).uniform(-1, 1, size=(2, 8, 8, 1)).astype(np.float32)
 
 
-def test_protovae_prp_matches_numpy_reference(digit_like):
+@pytest.mark.parametrize("composite", ["prp", "prp_zplus"])
+def test_protovae_prp_matches_numpy_reference(digit_like, composite):
     model = TinyProtoVAEEncoder()
     variables = randomise_batch_stats(model.init(jax.random.PRNGKey(13), digit_like), 14)
     prototypes = np.random.default_rng(15).normal(size=(4, LATENT)).astype(np.float32)
@@ -546,8 +553,11 @@ def test_protovae_prp_matches_numpy_reference(digit_like):
         protovae_relevance(prototypes),
         digit_like,
         targets=targets,
+        composite=composite,
     )
-    expected = protovae_prp_reference(numpy_params(variables), digit_like, prototypes, targets)
+    expected = protovae_prp_reference(
+        numpy_params(variables), digit_like, prototypes, targets, composite
+    )
     assert_close(relevance, expected, rtol=1e-4)
 
 

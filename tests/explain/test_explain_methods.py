@@ -159,17 +159,22 @@ def test_every_explainer_on_the_default_target(model):
     total = result.maps["integrated_gradients"].sum(axis=(1, 2))
     np.testing.assert_allclose(total, gap, rtol=0.02, atol=1e-3 * np.abs(gap).max())
 
-    if name == "protovae":  # the prp target's LRP is PRP from μ
-        direct = prp(
-            Partial(method.embed, variables),
-            protovae_relevance(variables["params"]["prototypes"]),
-            normalize(images, "symmetric"),
-            targets=prototypes,
-            composite=composite_by_name("prp", low=-1.0, high=1.0),
-        )
-        np.testing.assert_allclose(
-            result.maps["prp"], np.asarray(direct).sum(-1), rtol=1e-4, atol=1e-6
-        )
+    if name == "protovae":  # the prp target's LRP is PRP from μ, with the composite asked for
+        zplus = explain_all(
+            None, images, rng=KEY, prp_fn=targets["prp"], prp_targets=prototypes,
+            explainers=["prp"], options={"prp": {"composite": "prp_zplus", "low": low,
+                                                 "high": high}}, image_batch=B,
+        )  # fmt: skip
+        for composite, maps in (("prp", result.maps["prp"]), ("prp_zplus", zplus.maps["prp"])):
+            direct = prp(
+                Partial(method.embed, variables),
+                protovae_relevance(variables["params"]["prototypes"]),
+                normalize(images, "symmetric"),
+                targets=prototypes,
+                composite=composite_by_name(composite, low=-1.0, high=1.0),
+            )
+            np.testing.assert_allclose(maps, np.asarray(direct).sum(-1), rtol=1e-4, atol=1e-6)
+        assert not np.allclose(zplus.maps["prp"], result.maps["prp"])
     if name == "kmex":  # the official seed: relevance 1 on each embedding dimension
         direct = prp(
             Partial(method.embed, variables),
