@@ -219,9 +219,14 @@ def main(argv: list[str]) -> None:
     guesses = [names[int(p)] for p in predicted]
     hook = getattr(method_module(config.method), "own_explanation", None)
     out = pathlib.Path(FLAGS.out) if FLAGS.out else workdir / "explanations" / FLAGS.split
+    # PRP's column and figures name the composite that made them.
+    titles = {name: name for name in result.maps}
+    if "prp" in titles:
+        titles["prp"] = f"prp ({FLAGS.prp_composite})"
     with cli.replaced_folder(out, owned=not FLAGS.out) as staging:
         fig = comparison_grid(
-            batch["image"], result.maps, predictions=guesses, labels=labels,
+            batch["image"], {titles[name]: m for name, m in result.maps.items()},
+            predictions=guesses, labels=labels,
             notes=[f"p={probabilities[i, p]:.2f}" for i, p in enumerate(predicted)],
             title=f"{config.method}, {FLAGS.split} split: {described}",
         )  # fmt: skip
@@ -229,16 +234,14 @@ def main(argv: list[str]) -> None:
         for row, n in enumerate(chosen):
             folder = staging / f"image_{n:03d}"
             for name, maps in result.maps.items():
-                shown = {name: maps[row]}
+                shown = {titles[name]: maps[row]}
                 if name == "relax":
                     shown["relax uncertainty"] = result.uncertainty[row]
                 what = {"relax": "the embedding"}.get(name, described)
                 if name == "prp":
                     what = f"prototype {int(prp_prototypes[row])}"
-                fig = explanation_figure(
-                    batch["image"][row], shown,
-                    title=f"{name} of {what}: predicted {guesses[row]}, label {labels[row]}",
-                )  # fmt: skip
+                heading = f"{titles[name]} of {what}: predicted {guesses[row]}, label {labels[row]}"
+                fig = explanation_figure(batch["image"][row], shown, title=heading)
                 paths.append(save(fig, folder / f"{name}.png"))
             facts = {
                 "split": FLAGS.split,
