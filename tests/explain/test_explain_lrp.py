@@ -546,6 +546,16 @@ def digit_like():
 def test_protovae_prp_matches_numpy_reference(digit_like, composite):
     model = TinyProtoVAEEncoder()
     variables = randomise_batch_stats(model.init(jax.random.PRNGKey(13), digit_like), 14)
+    # Non-zero Conv and Dense biases: the rules differ in whether a bias absorbs relevance.
+    rng = np.random.default_rng(16)
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, v: (
+            v + 0.1 * rng.normal(size=v.shape).astype(v.dtype)
+            if path[-1].key == "bias" and "BatchNorm" not in path[-2].key
+            else v
+        ),
+        variables,
+    )
     prototypes = np.random.default_rng(15).normal(size=(4, LATENT)).astype(np.float32)
     targets = jnp.array([0, 3])
     relevance = prp(
@@ -558,7 +568,9 @@ def test_protovae_prp_matches_numpy_reference(digit_like, composite):
     expected = protovae_prp_reference(
         numpy_params(variables), digit_like, prototypes, targets, composite
     )
-    assert_close(relevance, expected, rtol=1e-4)
+    # Small denominators amplify float32 rounding to 1.1e-4 of the scale in the worst pixel
+    # (median 3e-7); keeping the Dense bias in z⁺ would be off by 0.12.
+    assert_close(relevance, expected, rtol=5e-4)
 
 
 @jax.jit
