@@ -160,13 +160,7 @@ def test_black_box_loads_backbone_weights_and_keeps_its_head(tmp_path, caplog):
 
     # Weights of a shallower backbone stop with one sentence naming the first missing key.
     set_value(config, "model.backbone", "small_cnn_wide")
-    wide = build_method(config, describe(config.data))
-    wide_fresh = jax.eval_shape(
-        wide.init, jax.random.key(0), {"image": np.zeros((2, 8, 8, 1), np.float32)}
-    )
-    with pytest.raises(CheckpointError) as info:
-        wide.load_pretrained(wide_fresh)
-    message = str(info.value)
+    message = load_error(config, (2, 8, 8, 1))
     assert "small_cnn.npz lacks 'batch_stats/BatchNorm_4/mean', which the model needs" in message
     assert "10 of 30 keys differ; 10 missing" in message and "\n" not in message
 
@@ -179,6 +173,17 @@ def test_black_box_loads_backbone_weights_and_keeps_its_head(tmp_path, caplog):
     assert "No backbone weights at" in caplog.text
 
 
+def load_error(config, image_shape) -> str:
+    """The one-sentence CheckpointError of `load_pretrained` on the config's fresh variables."""
+    method = build_method(config, describe(config.data))
+    variables = jax.eval_shape(
+        method.init, jax.random.key(0), {"image": np.zeros(image_shape, np.float32)}
+    )
+    with pytest.raises(CheckpointError) as info:
+        method.load_pretrained(variables)
+    return str(info.value)
+
+
 @pytest.mark.parametrize(
     "name, arch", [("protopnet_cub", "resnet34"), ("infodisent_cub", "resnet50")]
 )
@@ -188,13 +193,7 @@ def test_big_configs_need_their_weights_file(tmp_path, name, arch):
     config = load_config(name)
     set_value(config, "data.image_size", 32)
     set_value(config, "model.backbone_weights", str(tmp_path / f"{arch}_imagenet.npz"))
-    method = build_method(config, describe(config.data))
-    variables = jax.eval_shape(
-        method.init, jax.random.key(0), {"image": np.zeros((1, 32, 32, 3), np.float32)}
-    )
-    with pytest.raises(CheckpointError) as info:
-        method.load_pretrained(variables)
-    message = str(info.value)
+    message = load_error(config, (1, 32, 32, 3))
     assert str(tmp_path / f"{arch}_imagenet.npz") in message
     assert f"python -m experiments.convert_weights --arch={arch}" in message
     assert "model.allow_random_init=True" in message
