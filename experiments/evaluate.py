@@ -672,7 +672,6 @@ def ad_ai(targets, images, labels, classes, active, *, rng, prp, batch_size) -> 
             "AI": float(np.concatenate(rises).mean()),
         }
     result["pairs"] = int(len(rows))
-    result["composite"] = prp["composite"]
     return result
 
 
@@ -964,7 +963,7 @@ def run_markdown(record: dict) -> str:
         lines += ["", f"AD/AI on prototype similarity ({a['pairs']} image–prototype pairs of "
                   f"the true class): {d['ad_ai']}", "", "| maps | AD (↑) | AI (↓) |",
                   "|---|---|---|"]  # fmt: skip
-        for label, key in ((f"prp ({a['composite']})", "prp"), ("random", "random")):
+        for label, key in ((f"prp ({run['prp_composite']})", "prp"), ("random", "random")):
             lines.append(f"| {label} | {_fmt(a[key]['AD'])} | {_fmt(a[key]['AI'])} |")
     if "prototype_removal" in trust:
         r = trust["prototype_removal"]
